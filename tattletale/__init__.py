@@ -1,0 +1,34 @@
+"""tattletale: an LLM inference engine whose GPU kernels are written in a Python-embedded DSL."""
+
+from .dsl.errors import BackendCompileError, CompileError
+from .dsl.kernel import func, kernel
+from .dsl.language import *  # noqa: F401,F403 - the builtins: tt.global_id, tt.exp, …
+from .dsl.types import (
+    Buffer,
+    bf16,
+    bool_,
+    constexpr,
+    f16,
+    f32,
+    f64,
+    from_bf16_bits,
+    i8,
+    i16,
+    i32,
+    i64,
+    to_bf16_bits,
+    u8,
+    u16,
+    u32,
+    u64,
+    vector,
+)
+from .runtimes import Device, Tensor, device, devices
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendCompileError", "CompileError", "Buffer", "Device", "Tensor", "bf16", "bool_",
+    "constexpr", "device", "devices", "f16", "f32", "f64", "from_bf16_bits", "func", "i8", "i16",
+    "i32", "i64", "kernel", "to_bf16_bits", "u8", "u16", "u32", "u64", "vector",
+]

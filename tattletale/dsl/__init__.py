@@ -1,0 +1,1 @@
+"""The kernel language: types, builtins, decorators and the Python → IR front end."""

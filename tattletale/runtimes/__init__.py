@@ -1,0 +1,70 @@
+"""Backends behind one device interface: `tt.device(name, index)`, `tt.devices()`."""
+
+from __future__ import annotations
+
+from .base import Device, Tensor
+
+BACKENDS = ("cuda", "opencl")
+_devices: dict[tuple[str, int], Device] = {}
+_default: Device | None = None
+
+
+def _make(backend: str, index: int) -> Device:
+    if backend == "cuda":
+        from .cuda import CudaDevice
+
+        return CudaDevice(index)
+    if backend == "opencl":
+        from .opencl import OpenCLDevice
+
+        return OpenCLDevice(index)
+    raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def devices() -> list[tuple[str, int, str]]:
+    """Every usable device as (backend, index, name), fastest first."""
+    out = []
+    from . import cuda, opencl
+
+    for i, name in enumerate(cuda.list_devices()):
+        out.append(("cuda", i, name))
+    cl_devs = opencl.list_devices()
+    for i, d in enumerate(cl_devs):
+        out.append(("opencl", i, d.name.strip()))
+    return out
+
+
+def device(name: str | None = None, index: int = 0) -> Device:
+    """The device `index` of backend `name` ("cuda", "opencl"); with no name, the fastest present."""
+    global _default
+    if name is None:
+        if _default is None:
+            avail = devices()
+            if not avail:
+                raise RuntimeError("no compute device found: install a GPU driver or an OpenCL ICD "
+                                   "such as pocl-opencl-icd")
+            _default = device(avail[0][0], avail[0][1])
+        return _default
+    key = (name, index)
+    dev = _devices.get(key)
+    if dev is None:
+        try:
+            dev = _make(name, index)
+        except ImportError as exc:
+            raise RuntimeError(f"backend {name!r} is not installed: {exc}") from None
+        _devices[key] = dev
+    return dev
+
+
+def device_of_args(args) -> Device:
+    dev = None
+    for a in args:
+        if isinstance(a, Tensor):
+            if dev is None:
+                dev = a.device
+            elif a.device is not dev:
+                raise ValueError(f"tensors on different devices: {dev} and {a.device}")
+    return dev if dev is not None else device()
+
+
+__all__ = ["BACKENDS", "Device", "Tensor", "device", "devices", "device_of_args"]

@@ -1,0 +1,202 @@
+"""The device interface every backend implements, and the device-agnostic tensor.
+
+A backend supplies memory (allocate, write, read), compilation of generated source to a launchable
+object, launches, synchronization, timing events, and recording: a sequence of launches captured
+once and replayed with one call (CUDA graphs; a pre-built launch list on OpenCL; command buffers
+on Vulkan; command encoders on WebGPU).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ..codegen import Caps, Generated, render
+from ..dsl import types as T
+
+
+class Allocation:
+    """Device memory owned by one or more tensors; freed when the last one goes."""
+
+    __slots__ = ("device", "handle", "nbytes", "__weakref__")
+
+    def __init__(self, device: Device, handle: Any, nbytes: int):
+        self.device, self.handle, self.nbytes = device, handle, nbytes
+
+    def __del__(self):
+        try:
+            self.device._free(self.handle)
+        except Exception:
+            pass  # interpreter shutdown
+
+
+class Tensor:
+    """A typed, shaped view of device memory (contiguous, row-major, with an element offset)."""
+
+    __slots__ = ("device", "alloc", "shape", "dtype", "offset")
+
+    def __init__(self, device: Device, alloc: Allocation, shape: tuple[int, ...],
+                 dtype: T.ScalarType, offset: int = 0):
+        self.device, self.alloc, self.shape, self.dtype, self.offset = (
+            device, alloc, shape, dtype, offset)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numpy(self) -> np.ndarray:
+        """Copy to the host (bf16 comes back as its uint16 bits; see tt.from_bf16_bits)."""
+        out = np.empty(self.shape, dtype=self.dtype.np_dtype)
+        self.device._read(self.alloc.handle, self.offset * self.dtype.itemsize, out)
+        return out
+
+    def copy_from(self, array: np.ndarray) -> Tensor:
+        a = np.ascontiguousarray(array, dtype=self.dtype.np_dtype)
+        if a.size != self.size:
+            raise ValueError(f"size mismatch: tensor has {self.size} elements, array {a.size}")
+        self.device._write(self.alloc.handle, self.offset * self.dtype.itemsize, a)
+        return self
+
+    def view(self, offset: int, shape: tuple[int, ...] | int) -> Tensor:
+        """A sub-range of this tensor's elements (offset in elements), sharing its memory."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if offset < 0 or offset + math.prod(shape) > self.size:
+            raise ValueError("view out of range")
+        return Tensor(self.device, self.alloc, shape, self.dtype, self.offset + offset)
+
+    def reshape(self, *shape) -> Tensor:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if math.prod(shape) != self.size:
+            raise ValueError(f"cannot reshape {self.shape} to {shape}")
+        return Tensor(self.device, self.alloc, tuple(shape), self.dtype, self.offset)
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class Event:
+    """A point in a device's queue; `a.elapsed_ms(b)` is the device time between two events."""
+
+    def elapsed_ms(self, later: Event) -> float:
+        raise NotImplementedError
+
+
+class Recording:
+    """Launches recorded by `with device.record() as rec:`; `rec.replay()` runs them all again.
+
+    Recorded launches do not run while recording. Arguments are fixed at record time (like CUDA
+    graphs): change inputs by writing into the recorded tensors, not by passing new ones.
+    """
+
+    def replay(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        raise NotImplementedError
+
+
+class Device(ABC):
+    """One compute device of one backend."""
+
+    backend: str = ""
+
+    def __init__(self, index: int, name: str, caps: Caps):
+        self.index, self.name, self.caps = index, name, caps
+        self._recording: Recording | None = None
+
+    def __repr__(self) -> str:
+        return f"tt.device({self.backend!r}, {self.index}) [{self.name}]"
+
+    # --- tensors --------------------------------------------------------------------------------
+
+    def empty(self, shape, dtype) -> Tensor:
+        dtype = T.as_type(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = max(math.prod(shape) * dtype.itemsize, 4)
+        return Tensor(self, Allocation(self, self._alloc(nbytes), nbytes), shape, dtype)
+
+    def zeros(self, shape, dtype) -> Tensor:
+        t = self.empty(shape, dtype)
+        self._fill_zero(t.alloc.handle, t.alloc.nbytes)
+        return t
+
+    def tensor(self, array, dtype=None) -> Tensor:
+        """Upload a numpy array (pass dtype=tt.bf16 with uint16 bits for bf16)."""
+        a = np.asarray(array)
+        t = T.as_type(dtype) if dtype is not None else T.from_numpy(a.dtype)
+        out = self.empty(a.shape, t)
+        return out.copy_from(a)
+
+    # --- kernels --------------------------------------------------------------------------------
+
+    def launch(self, kernel, grid, block, args) -> None:
+        """Run `kernel` (a tt.kernel) with the given launch geometry and arguments."""
+        key = (self, kernel.spec_key(args))
+        compiled = kernel.compiled.get(key)
+        if compiled is None:
+            compiled = self.compile(kernel, key[1])
+            kernel.compiled[key] = compiled
+        compiled.launch(grid, block, args)
+
+    def compile(self, kernel, spec_key: tuple):
+        ir_kernel = kernel.lower(spec_key, self.caps.subgroup_size)
+        self.check_features(ir_kernel)
+        gen = render(self.caps.target, ir_kernel, self.caps)
+        return self._build(gen, [p.kind == "constexpr" for p in kernel.params])
+
+    def check_features(self, k) -> None:
+        """Raise a clear error when the kernel needs something this device lacks."""
+
+    def generated_source(self, kernel, **spec) -> str:
+        """The source this device would compile for a kernel specialization."""
+        k = kernel.lower(kernel.key_from_kwargs(spec), self.caps.subgroup_size)
+        return render(self.caps.target, k, self.caps).text
+
+    # --- backend hooks --------------------------------------------------------------------------
+
+    @abstractmethod
+    def _alloc(self, nbytes: int) -> Any: ...
+
+    @abstractmethod
+    def _free(self, handle: Any) -> None: ...
+
+    @abstractmethod
+    def _write(self, handle: Any, offset: int, array: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _read(self, handle: Any, offset: int, out: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _fill_zero(self, handle: Any, nbytes: int) -> None: ...
+
+    @abstractmethod
+    def _build(self, gen: Generated, constexpr_mask: list[bool]): ...
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    @abstractmethod
+    def event(self) -> Event:
+        """Record an event in the device queue now."""
+
+    @abstractmethod
+    def record(self) -> Recording:
+        """Start recording launches (use as a context manager)."""
+
+
+def scalar_packer(abi: T.ScalarType):
+    """numpy scalar constructor a scalar argument is packed with."""
+    return abi.np_dtype.type
