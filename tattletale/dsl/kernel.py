@@ -76,6 +76,8 @@ class Kernel:
         self._fsrc: FunctionSource | None = None
         self._params: list[Param] | None = None
         self._ir_cache: dict[tuple, ir.Kernel] = {}
+        self._launchers: dict[tuple, _Launcher] = {}
+        self._spec_slots: list[int] | None = None
         self.compiled: dict[tuple, Any] = {}  # (device, spec key) -> the runtime's compiled kernel
 
     # --- signature ------------------------------------------------------------------------------
@@ -126,13 +128,15 @@ class Kernel:
 
     def spec_key(self, args: tuple) -> tuple:
         """The compile-time part of a launch: constexpr values and generic buffer dtypes."""
-        key = []
-        for p, a in zip(self.params, args):
-            if p.kind == "constexpr":
-                key.append(a)
-            elif p.kind == "buffer" and p.type.elem is None:
-                key.append(a.dtype)
-        return tuple(key)
+        slots = self._spec_slots
+        if slots is None:
+            slots = self._spec_slots = [
+                i for i, p in enumerate(self.params)
+                if p.kind == "constexpr" or (p.kind == "buffer" and p.type.elem is None)]
+        if not slots:
+            return ()
+        params = self.params
+        return tuple(args[i] if params[i].kind == "constexpr" else args[i].dtype for i in slots)
 
     def _bindings(self, key: tuple) -> dict[str, Any]:
         it = iter(key)
@@ -191,9 +195,18 @@ class Kernel:
     # --- launch ---------------------------------------------------------------------------------
 
     def __getitem__(self, config) -> _Launcher:
-        if not isinstance(config, tuple) or len(config) != 2:
-            raise TypeError("launch as kernel[grid, block](...), grid and block ints or tuples")
-        return _Launcher(self, _dims(config[0], "grid"), _dims(config[1], "block"))
+        try:
+            launcher = self._launchers.get(config)
+        except TypeError:  # unhashable (lists): validate and launch without the memo
+            launcher = None
+            config = tuple(tuple(c) if isinstance(c, list) else c for c in config)
+        if launcher is None:
+            if not isinstance(config, tuple) or len(config) != 2:
+                raise TypeError("launch as kernel[grid, block](...), grid and block ints or tuples")
+            launcher = _Launcher(self, _dims(config[0], "grid"), _dims(config[1], "block"))
+            if len(self._launchers) < 4096:  # launch shapes repeat; bound the memo anyway
+                self._launchers[config] = launcher
+        return launcher
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"launch a kernel with a grid and a block: {self.__name__}[grid, block](...)")

@@ -115,19 +115,25 @@ class CudaKernel:
     def __init__(self, device: CudaDevice, module, function, gen: Generated, constexpr_mask):
         self.device, self.module, self.function, self.gen = device, module, function, gen
         self.runtime_index = [i for i, c in enumerate(constexpr_mask) if not c]
-        self.ctypes = [ctypes.c_uint64 if p.kind == "buffer" else _CTYPES[p.abi.name]
+        # One argument block per kernel, refilled at each launch: cuLaunchKernel copies the
+        # values before returning, so reusing the storage is safe and saves allocations.
+        self.values = [(ctypes.c_uint64 if p.kind == "buffer" else _CTYPES[p.abi.name])()
                        for p in gen.params]
         self.itemsizes = [p.elem.itemsize if p.kind == "buffer" else 0 for p in gen.params]
+        self.slots = list(zip(self.runtime_index, self.values, self.itemsizes))
+        ptrs = (ctypes.c_void_p * max(len(self.values), 1))(
+            *[ctypes.addressof(v) for v in self.values])
+        self.ptrs = ptrs
+        self.ptrs_address = ctypes.addressof(ptrs)
+        self.cu_launch = _driver().cuLaunchKernel
 
     def launch(self, grid, block, args) -> None:
-        values = []
-        for i, ct, size in zip(self.runtime_index, self.ctypes, self.itemsizes):
+        for i, value, size in self.slots:
             a = args[i]
-            values.append(ct(a.alloc.handle + a.offset * size) if size else ct(a))
-        ptrs = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
-        err = _driver().cuLaunchKernel(self.function, grid[0], grid[1], grid[2], block[0], block[1],
-                                       block[2], 0, self.device.stream, ctypes.addressof(ptrs), 0)
-        if int(err[0]) != 0:
+            value.value = a.alloc.handle + a.offset * size if size else a
+        err = self.cu_launch(self.function, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                             0, self.device.stream, self.ptrs_address, 0)
+        if err[0] != 0:
             _check(err)
 
 
