@@ -13,8 +13,11 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..codegen import ir
 from ..codegen.passes import optimize
+from ..runtimes import device_of_args
 from . import types as T
 from .errors import CompileError
 from .frontend import FunctionSource, KernelBuilder, Py, SourceInfo
@@ -127,16 +130,48 @@ class Kernel:
     # --- specialization -------------------------------------------------------------------------
 
     def spec_key(self, args: tuple) -> tuple:
-        """The compile-time part of a launch: constexpr values and generic buffer dtypes."""
+        """The compile-time part of a launch: constexpr values and generic buffer dtypes.
+
+        Also checks that typed buffer arguments have their declared element type: a mismatch
+        would otherwise reinterpret memory silently.
+        """
         slots = self._spec_slots
         if slots is None:
+            params = self.params
             slots = self._spec_slots = [
-                i for i, p in enumerate(self.params)
+                i for i, p in enumerate(params)
                 if p.kind == "constexpr" or (p.kind == "buffer" and p.type.elem is None)]
+            self._typed_slots = [(i, p.type.elem) for i, p in enumerate(params)
+                                 if p.kind == "buffer" and p.type.elem is not None]
+        for i, elem in self._typed_slots:
+            if getattr(args[i], "dtype", None) is not elem:
+                self.check_args(args)
         if not slots:
             return ()
         params = self.params
-        return tuple(args[i] if params[i].kind == "constexpr" else args[i].dtype for i in slots)
+        try:
+            return tuple(args[i] if params[i].kind == "constexpr" else args[i].dtype for i in slots)
+        except AttributeError:
+            self.check_args(args)
+            raise
+
+    def check_args(self, args: tuple) -> None:
+        """Raise a TypeError naming the first argument that does not fit its parameter."""
+        from ..runtimes.base import Tensor
+
+        for p, a in zip(self.params, args):
+            where = f"{self.__name__}(): argument '{p.name}'"
+            if p.kind == "buffer":
+                if not isinstance(a, Tensor):
+                    raise TypeError(f"{where} must be a device tensor, got {type(a).__name__}")
+                if p.type.elem is not None and a.dtype is not p.type.elem:
+                    raise TypeError(f"{where} is declared {p.type} but the tensor holds {a.dtype}")
+            elif p.kind == "scalar":
+                ok = isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, Tensor)
+                if ok and p.type.is_int and isinstance(a, (float, np.floating)):
+                    ok = False
+                if not ok:
+                    raise TypeError(f"{where} expects a {p.type} value, got {a!r}")
 
     def _bindings(self, key: tuple) -> dict[str, Any]:
         it = iter(key)
@@ -237,8 +272,6 @@ class _Launcher:
             args = _bind(params, args, kwargs, k.__name__)
         elif len(args) != len(params):
             raise TypeError(f"{k.__name__}() takes {len(params)} arguments, got {len(args)}")
-        from ..runtimes import device_of_args
-
         device = device_of_args(args)
         device.launch(k, self.grid, self.block, args)
 

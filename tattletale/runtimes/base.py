@@ -147,9 +147,14 @@ class Device(ABC):
         key = (self, kernel.spec_key(args))
         compiled = kernel.compiled.get(key)
         if compiled is None:
+            kernel.check_args(args)
             compiled = self.compile(kernel, key[1])
             kernel.compiled[key] = compiled
-        compiled.launch(grid, block, args)
+        try:
+            compiled.launch(grid, block, args)
+        except (TypeError, AttributeError, OverflowError):
+            kernel.check_args(args)  # a clearer message naming the argument, if it is one
+            raise
 
     def compile(self, kernel, spec_key: tuple):
         ir_kernel = kernel.lower(spec_key, self.caps.subgroup_size)
