@@ -11,6 +11,7 @@ Python line it came from, and the `line_map` lets backend compiler errors be tra
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..dsl import types as T
@@ -23,8 +24,9 @@ void volatile while bool true false half kernel global local constant private re
 uchar ushort uint ulong size_t ptrdiff_t this new delete class template typename namespace using
 operator friend virtual public protected private catch throw try min max abs exp exp2 log log2 sqrt
 rsqrt sin cos tanh floor ceil erf pow fmod fabs fmin fmax fma select clamp barrier atomic_add
-vload_half vstore_half printf main threadIdx blockIdx blockDim gridDim warpSize asm
+vload_half vstore_half printf main threadIdx blockIdx blockDim gridDim warpSize asm NAN INFINITY
 """.split())
+_IDENT = re.compile(r"(?<![.\w{])[A-Za-z_]\w*(?![\w}])")  # not members, placeholders, literals
 
 
 @dataclass
@@ -103,6 +105,29 @@ class CPrinter:
     helpers: dict[str, str] = {}  # helper name -> definition (may use other helpers)
     helper_deps: dict[str, tuple[str, ...]] = {}
     int64_suffixes = ("LL", "ULL")
+    # Identifiers the dialect's methods print besides those in the tables above (vector types,
+    # atomics, shuffles, …): a kernel variable of that name would shadow them.
+    extra_reserved: frozenset[str] = frozenset()
+    _reserved_cache: set[str] | None = None
+
+    @classmethod
+    def reserved(cls) -> set[str]:
+        """Every identifier generated code may use, which kernel variables must not shadow."""
+        if cls.__dict__.get("_reserved_cache") is None:
+            texts = [*cls.value_types.values(), *cls.id_exprs.values(), *cls.float_math.values(),
+                     *cls.double_math.values(), *cls.bitcast_fns.values(), cls.barrier_stmt,
+                     cls.kernel_qualifier, cls.global_qualifier, cls.shared_qualifier]
+            found = {m for t in texts for m in _IDENT.findall(re.sub(r'"[^"]*"', "", t))}
+            cls._reserved_cache = C_RESERVED | found | set(cls.extra_reserved)
+        return cls._reserved_cache
+
+    def c_name(self, name: str, taken: set[str]) -> str:
+        """A C identifier for a DSL name that clashes with nothing the printer emits."""
+        if name.startswith(("tt_", "__")) or re.match(r"_[A-Z]", name):
+            name = "v" + name  # tt_ is the printer's prefix; __x and _X are the compiler's
+        while name in self.reserved() or name in taken:
+            name += "_"
+        return name
 
     def __init__(self, kernel: ir.Kernel, caps: Caps):
         self.k = kernel
@@ -112,11 +137,10 @@ class CPrinter:
         self.needed: list[str] = []
         self._last_loc: tuple | None = None
         self.names: dict[int, str] = {}
-        taken: set[str] = set()
+        self.entry = self.c_name(kernel.name, set())
+        taken: set[str] = {self.entry}
         for v in kernel.params + kernel.locals:
-            name = v.name
-            while name in C_RESERVED or name in taken or name.startswith("tt_"):
-                name += "_"
+            name = self.c_name(v.name, taken)
             taken.add(name)
             self.names[id(v)] = name
 
@@ -131,7 +155,7 @@ class CPrinter:
         offset = len(head) + (1 if head else 0)
         text = "\n".join(head + ([""] if head else []) + body) + "\n"
         line_map = {n + offset: loc for n, loc in self.line_map.items()}
-        return Generated(text, self.k.name, params, line_map)
+        return Generated(text, self.entry, params, line_map)
 
     def param_abi(self) -> list[ParamABI]:
         out = []
@@ -197,12 +221,14 @@ class CPrinter:
         if loc is None or (loc.file, loc.line) == self._last_loc:
             return
         self._last_loc = (loc.file, loc.line)
-        self.line(f"// {loc.file.rsplit('/', 1)[-1]}:{loc.line}: {loc.text.strip()}", depth)
+        # A trailing backslash would splice the next generated line into the comment.
+        text = loc.text.strip().rstrip("\\").rstrip()
+        self.line(f"// {loc.file.rsplit('/', 1)[-1]}:{loc.line}: {text}", depth)
         self.line_map[len(self.lines) + 1] = loc
 
     def emit_kernel(self, params: list[ParamABI]) -> None:
         sig = ", ".join(self.param_decl(p, v) for p, v in zip(params, self.k.params))
-        self.line(f"{self.kernel_qualifier} {self.k.name}({sig})", 0)
+        self.line(f"{self.kernel_qualifier} {self.entry}({sig})", 0)
         self.line("{", 0)
         self.emit_param_setup(1)
         for v in self.k.locals:
@@ -300,7 +326,8 @@ class CPrinter:
             text = repr(float(v))
             if "e" not in text and "." not in text:
                 text += ".0"
-            return text if t.bits == 64 else text + "f"
+            text = text if t.bits == 64 else text + "f"
+            return f"({text})" if text.startswith("-") else text  # `-(-1.0f)` is not `--1.0f`
         if t.bits == 64:
             if t.is_signed and v == -(1 << 63):
                 return f"(-9223372036854775807{self.int64_suffixes[0]} - 1)"
@@ -349,8 +376,10 @@ class CPrinter:
     def e_Bitcast(self, e: ir.Bitcast) -> str:
         src, to = e.operand.type, e.to
         x = self.expr(e.operand)
-        if src.is_float and src.bits == 16:
-            return f"(({self.vtype(to)}){self.need(f'tt_{src.name}_bits')}({x}))"
+        if src.is_float and src.bits == 16:  # 16-bit floats live in float registers: bits first
+            x, src = f"{self.need(f'tt_{src.name}_bits')}({x})", T.u16
+            if not (to.is_float and to.bits == 16):
+                return f"(({self.vtype(to)}){x})"
         if to.is_float and to.bits == 16:
             return f"{self.need(f'tt_{to.name}_value')}(({self.value_types['u16']})({x}))"
         if src.is_float or to.is_float:
@@ -372,9 +401,18 @@ class CPrinter:
             return f"({ref} != 0)"
         return ref
 
+    @staticmethod
+    def stored(var: ir.Var, value: ir.Expr) -> ir.Expr:
+        """The value to store: a cast to a 16-bit float element type is dropped, since the
+        store itself rounds to that format."""
+        t = var.type.elem
+        if isinstance(value, ir.Cast) and value.to == t and t.is_float and t.bits == 16:
+            return value.operand
+        return value
+
     def store(self, var: ir.Var, index: str, value: ir.Expr) -> str:
         t = var.type.elem
-        v = self.expr(value)
+        v = self.expr(self.stored(var, value))
         ref = f"{self.name(var)}[{index}]"
         if t.is_float and t.bits == 16:
             return f"{ref} = {self.need(f'tt_{t.name}_bits')}({v})"
@@ -391,8 +429,10 @@ class CPrinter:
         args = [self.expr(a) for a in e.args]
         t = e.type
         if t.is_float:
-            table = self.double_math if t.bits == 64 else self.float_math
-            return f"{table[e.name]}({', '.join(args)})"
+            fn = (self.double_math if t.bits == 64 else self.float_math)[e.name]
+            if fn.startswith("tt_"):
+                self.need(fn)
+            return f"{fn}({', '.join(args)})"
         return self.int_math(e.name, t, args)
 
     def int_math(self, name: str, t: T.ScalarType, args: list[str]) -> str:

@@ -67,6 +67,9 @@ class CudaPrinter(CPrinter):
         "u32": "unsigned", "i64": "long long", "u64": "unsigned long long", "bool": "bool",
     }
     kernel_qualifier = 'extern "C" __global__ void'
+    extra_reserved = frozenset(
+        [f"{pre}{b}{n}" for b in _VEC_BASE.values() for n in (2, 4) for pre in ("", "make_")]
+        + ["atomicAdd", "atomicMin", "atomicMax", "atomicExch", "atomicCAS", "llabs"])
     shared_qualifier = "__shared__ "
     barrier_stmt = "__syncthreads();"
     id_exprs = {
@@ -79,10 +82,10 @@ class CudaPrinter(CPrinter):
     }
     float_math = {n: n + "f" for n in ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos",
                                        "tanh", "floor", "ceil", "erf", "pow", "fmod")}
-    float_math.update(abs="fabsf", min="fminf", max="fmaxf", fma="fmaf")
+    float_math.update(abs="fabsf", min="fminf", max="fmaxf", fma="fmaf", mul_rn="__fmul_rn")
     double_math = {n: n for n in ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos",
                                   "tanh", "floor", "ceil", "erf", "pow", "fmod")}
-    double_math.update(abs="fabs", min="fmin", max="fmax", fma="fma")
+    double_math.update(abs="fabs", min="fmin", max="fmax", fma="fma", mul_rn="__dmul_rn")
     bitcast_fns = {
         ("f32", "i32"): "__float_as_int", ("f32", "u32"): "__float_as_uint",
         ("i32", "f32"): "__int_as_float", ("u32", "f32"): "__uint_as_float",

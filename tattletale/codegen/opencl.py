@@ -39,6 +39,10 @@ _ATOMIC_FLOAT = {
         f"return as_float(old); }}")
     for space in ("global", "local")
 }
+_MUL_RN = {
+    "tt_mul_rn": "inline float tt_mul_rn(float a, float b) { return a * b; }",
+    "tt_mul_rn_f64": "inline double tt_mul_rn_f64(double a, double b) { return a * b; }",
+}
 _LINEAR_LID = ("((int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1) * "
                "get_local_id(2))))")
 
@@ -50,6 +54,15 @@ class OpenCLPrinter(CPrinter):
         "u64": "ulong", "bool": "bool",
     }
     kernel_qualifier = "__kernel void"
+    extra_reserved = frozenset(
+        [f"{b}{n}" for b in ("char", "uchar", "short", "ushort", "int", "uint", "long", "ulong",
+                             "float", "double") for n in (2, 4)]
+        + [f"{f}{n}" for f in ("vload", "vstore") for n in (2, 4)]
+        + [f"vload_half{n}" for n in ("", 2, 4)] + [f"vstore_half{n}_rte" for n in ("", 2, 4)]
+        + ["atomic_add", "atomic_min", "atomic_max", "atomic_xchg", "atomic_cmpxchg",
+           "sub_group_shuffle", "sub_group_shuffle_xor", "sub_group_broadcast",
+           "sub_group_reduce_add", "sub_group_reduce_max", "sub_group_reduce_min",
+           "get_sub_group_local_id", "get_sub_group_id"])
     global_qualifier = "__global "
     shared_qualifier = "__local "
     barrier_stmt = "barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);"
@@ -63,14 +76,16 @@ class OpenCLPrinter(CPrinter):
     }
     float_math = {n: n for n in ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos", "tanh",
                                  "floor", "ceil", "erf", "pow", "fmod", "fma")}
-    float_math.update(abs="fabs", min="fmin", max="fmax")
-    double_math = float_math
+    # OpenCL C contracts a*b+c only within one expression: a product returned by a function
+    # is never fused with the caller's addition.
+    float_math.update(abs="fabs", min="fmin", max="fmax", mul_rn="tt_mul_rn")
+    double_math = {**float_math, "mul_rn": "tt_mul_rn_f64"}
     bitcast_fns = {
         ("f32", "i32"): "as_int", ("f32", "u32"): "as_uint", ("i32", "f32"): "as_float",
         ("u32", "f32"): "as_float", ("f64", "i64"): "as_long", ("f64", "u64"): "as_ulong",
         ("i64", "f64"): "as_double", ("u64", "f64"): "as_double",
     }
-    helpers = {**_BF16, **_ATOMIC_FLOAT}
+    helpers = {**_BF16, **_ATOMIC_FLOAT, **_MUL_RN}
     helper_deps = {
         "tt_round_bf16": ("tt_bf16_value", "tt_bf16_bits"),
         "tt_round_f16": ("tt_f16_value", "tt_f16_bits"),
@@ -80,9 +95,9 @@ class OpenCLPrinter(CPrinter):
 
     def prelude_header(self) -> str:
         lines = []
-        uses_f64 = any(getattr(v.type, "name", None) == "f64" or
-                       getattr(getattr(v.type, "elem", None), "name", None) == "f64"
-                       for v in self.k.params + self.k.locals)
+        types = [v.type for v in self.k.params + self.k.locals]
+        types += [n.type for n in ir.walk_body(self.k.body) if isinstance(n, ir.Expr)]
+        uses_f64 = any(t == T.f64 or getattr(t, "elem", None) == T.f64 for t in types)
         if uses_f64:
             lines.append("#pragma OPENCL EXTENSION cl_khr_fp64 : enable")
         if self.caps.native_subgroups and "subgroup" in self.k.features:
@@ -128,7 +143,8 @@ class OpenCLPrinter(CPrinter):
 
     def store(self, var, index, value):
         if var.type.elem == T.f16:
-            return f"vstore_half_rte({self.expr(value)}, {index}, {self._half_ptr(var)})"
+            v = self.expr(self.stored(var, value))
+            return f"vstore_half_rte({v}, {index}, {self._half_ptr(var)})"
         return super().store(var, index, value)
 
     def nan_literal(self, t):

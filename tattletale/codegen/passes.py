@@ -8,6 +8,8 @@ inlining and unrolling. Target-specific legalization lives with each target's pr
 from __future__ import annotations
 
 import math
+from copy import copy
+from dataclasses import replace
 
 from ..dsl import types as T
 from . import ir
@@ -166,3 +168,172 @@ def _fold_body(body: list[ir.Stmt]) -> list[ir.Stmt]:
 
 def _terminates(body: list[ir.Stmt]) -> bool:
     return bool(body) and isinstance(body[-1], (ir.Return, ir.Break, ir.Continue))
+
+
+# --- lowering of lazy operators (for targets whose select is eager) -----------------------------
+
+
+def lower_lazy(kernel: ir.Kernel, must_defer=lambda e: not ir.is_pure(e)) -> ir.Kernel:
+    """A copy of `kernel` where lazy selects and `and`/`or` whose deferred operand must not run
+    unconditionally become `If` statements that assign a temporary.
+
+    For targets whose `select` is eager and whose `&&`/`||` may not short-circuit (WGSL through
+    naga, SPIR-V's OpSelect/OpLogicalAnd). `must_defer(e)` says whether an operand has to stay
+    conditional (default: it loads or has side effects). Impure operands evaluated before a
+    lowered one are moved into temporaries too, so side effects keep their order. The kernel is
+    not modified: its IR is cached and shared by every target.
+    """
+    lowering = _LazyLowering(kernel, must_defer)
+    body = lowering.body(kernel.body)
+    if not lowering.temps:
+        return kernel
+    return replace(kernel, locals=kernel.locals + lowering.temps, body=body)
+
+
+class _LazyLowering:
+    def __init__(self, kernel: ir.Kernel, must_defer):
+        self.must_defer = must_defer
+        self.temps: list[ir.Var] = []
+        self.taken = {v.name for v in kernel.params + kernel.locals}
+
+    def lazy(self, e: ir.Expr) -> bool:
+        """Whether `e` holds a lazy operator that must become control flow."""
+        for n in ir.walk(e):
+            if isinstance(n, ir.Select) and n.lazy and (
+                    self.must_defer(n.if_true) or self.must_defer(n.if_false)):
+                return True
+            if isinstance(n, ir.Binary) and n.op in ("and", "or") and self.must_defer(n.rhs):
+                return True
+        return False
+
+    def temp(self, base: str, t, loc) -> ir.Var:
+        name, n = base, 1
+        while name in self.taken:
+            name, n = f"{base}_{n}", n + 1
+        self.taken.add(name)
+        var = ir.Var(name, t, "local")
+        self.temps.append(var)
+        return var
+
+    def assign(self, var: ir.Var, value: ir.Expr, loc) -> ir.Assign:
+        s = ir.Assign(var, value)
+        s.loc = loc
+        return s
+
+    def ref(self, var: ir.Var, loc) -> ir.Ref:
+        r = ir.Ref(var)
+        r.loc = loc
+        return r
+
+    def expr(self, e: ir.Expr, pre: list[ir.Stmt]) -> ir.Expr:
+        """`e` with its lazy operators lowered into statements appended to `pre`."""
+        if not self.lazy(e):
+            return e
+        loc = e.loc
+        if isinstance(e, ir.Select) and e.lazy and (
+                self.must_defer(e.if_true) or self.must_defer(e.if_false)):
+            cond = self.expr(e.cond, pre)
+            var = self.temp("sel", e.type, loc)
+            arms = []
+            for arm in (e.if_true, e.if_false):
+                stmts: list[ir.Stmt] = []
+                stmts.append(self.assign(var, self.expr(arm, stmts), loc))
+                arms.append(stmts)
+            pre.append(_at(ir.If(cond, arms[0], arms[1]), loc))
+            return self.ref(var, loc)
+        if isinstance(e, ir.Binary) and e.op in ("and", "or") and self.must_defer(e.rhs):
+            var = self.temp(e.op, T.bool_, loc)
+            pre.append(self.assign(var, self.expr(e.lhs, pre), loc))
+            stmts: list[ir.Stmt] = []
+            stmts.append(self.assign(var, self.expr(e.rhs, stmts), loc))
+            test = self.ref(var, loc)
+            if e.op == "or":
+                test = _at(ir.Unary("not", test), loc)
+            pre.append(_at(ir.If(test, stmts, []), loc))
+            return self.ref(var, loc)
+        return _with_children(e, self.operands(ir.children(e), pre, loc))
+
+    def operands(self, kids: list[ir.Expr], pre: list[ir.Stmt], loc) -> list[ir.Expr]:
+        """Lower sibling operands in evaluation order, moving impure ones that run before a
+        lowered sibling into temporaries."""
+        lazy = [self.lazy(k) for k in kids]
+        last = max((i for i, f in enumerate(lazy) if f), default=-1)
+        out = []
+        for i, k in enumerate(kids):
+            if lazy[i]:
+                out.append(self.expr(k, pre))
+            elif i < last and not ir.is_pure(k):
+                var = self.temp("tmp", k.type, loc)
+                pre.append(self.assign(var, k, loc))
+                out.append(self.ref(var, loc))
+            else:
+                out.append(k)
+        return out
+
+    def body(self, stmts: list[ir.Stmt]) -> list[ir.Stmt]:
+        out: list[ir.Stmt] = []
+        for s in stmts:
+            self.stmt(s, out)
+        return out
+
+    def stmt(self, s: ir.Stmt, out: list[ir.Stmt]) -> None:
+        pre: list[ir.Stmt] = []
+        loc = s.loc
+        if isinstance(s, ir.Assign):
+            s = _at(ir.Assign(s.var, self.expr(s.value, pre)), loc) if self.lazy(s.value) else s
+        elif isinstance(s, (ir.Store, ir.VecStore)):
+            if self.lazy(s.index) or self.lazy(s.value):
+                index, value = self.operands([s.index, s.value], pre, loc)
+                s = _at(type(s)(s.var, index, value), loc)
+        elif isinstance(s, ir.ExprStmt):
+            if self.lazy(s.expr):
+                e = self.expr(s.expr, pre)
+                s = None if ir.is_pure(e) else _at(ir.ExprStmt(e), loc)
+        elif isinstance(s, ir.If):
+            s = _at(ir.If(self.expr(s.cond, pre), self.body(s.then), self.body(s.orelse)), loc)
+        elif isinstance(s, ir.For):
+            start, stop, step = self.operands([s.start, s.stop, s.step], pre, loc)
+            s = _at(ir.For(s.var, start, stop, step, self.body(s.body)), loc)
+        elif isinstance(s, ir.While):
+            body = self.body(s.body)
+            if self.lazy(s.cond):  # re-evaluated each iteration: test at the top of the body
+                test: list[ir.Stmt] = []
+                cond = self.expr(s.cond, test)
+                exit_ = _at(ir.If(_at(ir.Unary("not", cond), loc), [_at(ir.Break(), loc)], []), loc)
+                true = _at(ir.Const(True, T.bool_), loc)
+                s = _at(ir.While(true, test + [exit_] + body), loc)
+            else:
+                s = _at(ir.While(s.cond, body), loc)
+        out.extend(pre)
+        if s is not None:
+            out.append(s)
+
+
+def _at(node, loc):
+    node.loc = loc
+    return node
+
+
+def _with_children(e: ir.Expr, kids: list[ir.Expr]) -> ir.Expr:
+    """A shallow copy of `e` with its operands replaced (in `ir.children` order)."""
+    if all(a is b for a, b in zip(kids, ir.children(e))):
+        return e
+    e = copy(e)
+    if isinstance(e, ir.Binary):
+        e.lhs, e.rhs = kids
+    elif isinstance(e, (ir.Unary, ir.Cast, ir.Bitcast)):
+        (e.operand,) = kids
+    elif isinstance(e, ir.Select):
+        e.cond, e.if_true, e.if_false = kids
+    elif isinstance(e, (ir.Load, ir.VecLoad)):
+        (e.index,) = kids
+    elif isinstance(e, ir.Lane):
+        (e.vec,) = kids
+    elif isinstance(e, ir.MakeVec):
+        e.elems = list(kids)
+    elif isinstance(e, ir.Call):
+        e.args = list(kids)
+    elif isinstance(e, ir.Atomic):
+        e.index, *rest = kids
+        e.args = rest
+    return e

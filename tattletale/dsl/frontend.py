@@ -63,7 +63,7 @@ class _InlineFrame:
     done: ir.Var | None = None  # set when `return` happens inside a loop of the function
     loop_depth: int = 0
     needs_exit: bool = False  # a `return` before the end: the body is wrapped in a one-shot loop
-    last_stmt: ast.stmt | None = None
+    branch_depth: int = 0  # runtime `if`s around the statement being lowered
 
 
 @dataclass
@@ -79,6 +79,9 @@ _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv
            ast.BitXor: "^", ast.Pow: "**"}
 _CMPOPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 _LANE_NAMES = {"x": 0, "y": 1, "z": 2, "w": 3}
+# Python callables that have effects outside the kernel, never run at compile time.
+_HOST_ONLY = {builtins.print, builtins.input, builtins.open, builtins.exec, builtins.eval,
+              builtins.compile, builtins.breakpoint, builtins.__import__}
 _FLOAT_ONLY_MATH = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos", "tanh", "floor",
                     "ceil", "erf"}
 
@@ -117,6 +120,9 @@ class KernelBuilder:
         self._scope = _Scope(fn)
         self._loc: ir.Loc | None = None
         self._out: list[ir.Stmt] = []
+        self._terminated = False  # the current block has reached an unconditional exit
+        self._inlining: list = []  # the @tt.func calls being inlined, innermost last
+        self._kernel_assigns: dict[str, int] = {}  # assignments per name in the kernel body
 
     # --- entry ----------------------------------------------------------------------------------
 
@@ -130,6 +136,7 @@ class KernelBuilder:
                 params.append(var)
                 self._scope.names[name] = var
         self._scope.assign_counts = _count_assignments(self.fn.tree)
+        self._kernel_assigns = self._scope.assign_counts
         body = self._block(self.fn.tree.body)
         return ir.Kernel(self.fn.name, params, self.locals, body, self.features, self.fn.src.file)
 
@@ -163,13 +170,20 @@ class KernelBuilder:
         return expr
 
     def _block(self, stmts: list[ast.stmt]) -> list[ir.Stmt]:
+        """Lower statements into a new list; lowering stops after an unconditional
+        return/break/continue, as the code after it never runs (and may not even type-check,
+        e.g. after `if FMT == "f32": return ...`)."""
         saved, self._out = self._out, []
+        saved_terminated, self._terminated = self._terminated, False
         try:
             for s in stmts:
                 self._stmt(s)
+                if self._terminated:
+                    break
             return self._out
         finally:
             self._out = saved
+            self._terminated = saved_terminated
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -177,7 +191,7 @@ class KernelBuilder:
         if type_.is_bool:
             value = bool(value)
         elif type_.is_float:
-            value = float(value)
+            value = T.round_float(value, type_)  # a constant holds a value of its type
         else:
             if isinstance(value, float):
                 raise self.error(f"float constant {value} used where {type_} is needed")
@@ -208,10 +222,28 @@ class KernelBuilder:
     def cast(self, e: ir.Expr, to: T.ScalarType) -> ir.Expr:
         if e.type == to:
             return e
-        if isinstance(e, ir.Const) and not (to.is_float and to.bits == 16):
-            return self.const(e.value, to) if not (e.type.is_float and to.is_int) else \
-                self.const(int(e.value), to)
+        if isinstance(e, ir.Const):
+            folded = self._convert_const(e.value, to)
+            if folded is not None:
+                return folded
         return self._mk(ir.Cast(to, e))
+
+    def _convert_const(self, value, to: T.ScalarType) -> ir.Const | None:
+        """A constant converted as a runtime cast would (C semantics: integers wrap, floats
+        truncate toward zero, floats round to nearest even); None where C leaves it undefined."""
+        if to.is_bool:
+            return self.const(bool(value), to)
+        if to.is_float:
+            return self.const(float(value), to)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return None
+            value = int(value)  # truncation toward zero
+            lo, hi = ((-(1 << (to.bits - 1)), (1 << (to.bits - 1)) - 1) if to.is_signed
+                      else (0, (1 << to.bits) - 1))
+            if not lo <= value <= hi:
+                return None
+        return self.const(T.wrap_int(int(value), to), to)
 
     def to_bool(self, e: ir.Expr) -> ir.Expr:
         if not isinstance(e.type, T.ScalarType):
@@ -229,11 +261,15 @@ class KernelBuilder:
     # --- expressions ----------------------------------------------------------------------------
 
     def expr(self, node: ast.expr):
-        self._loc = self._scope.fn.src.loc(node)
+        saved, self._loc = self._loc, self._scope.fn.src.loc(node)
         method = getattr(self, "_e_" + type(node).__name__, None)
         if method is None:
             raise self.error(f"unsupported expression: {type(node).__name__}", node)
-        return method(node)
+        result = method(node)
+        # Back to the enclosing node's location: what the caller builds next (the statement
+        # around an inlined @tt.func call, say) must not carry a sub-expression's line.
+        self._loc = saved
+        return result
 
     def rexpr(self, node: ast.expr, like: T.ScalarType | None = None) -> ir.Expr:
         """A runtime expression (compile-time values become constants)."""
@@ -365,6 +401,9 @@ class KernelBuilder:
         elif isinstance(rhs, Py) and isinstance(lhs, ir.Expr):
             like = self._weak_type(rhs, lhs, node)
             rhs = self.to_expr(rhs, like, node)
+        elif isinstance(lhs, Py) and isinstance(rhs, Py):  # `7 if c else 8`: each its own type
+            if isinstance(lhs.value, (int, float, bool)) and isinstance(rhs.value, (int, float, bool)):
+                lhs, rhs = self.to_expr(lhs, node=node), self.to_expr(rhs, node=node)
         for e in (lhs, rhs):
             if not isinstance(e, ir.Expr) or not isinstance(e.type, T.ScalarType):
                 what = e.type if isinstance(e, ir.Expr) else repr(e.value)
@@ -497,21 +536,29 @@ class KernelBuilder:
             raise self.error("range(...) is only valid as a for-loop iterable", node)
         if f in (builtins.min, builtins.max, builtins.abs):
             return self._builtin(BUILTINS[f.__name__], node)
-        if f is builtins.float:
-            return self.convert(self.expr(node.args[0]), T.f32, node)
-        if f is builtins.int:
-            return self.convert(self.expr(node.args[0]), T.i32, node)
-        if f is builtins.bool:
-            return self.to_bool(self.rexpr(node.args[0]))
-        if f is builtins.len:
+        if f in (builtins.float, builtins.int, builtins.bool):
+            self._no_kwargs(node)
+            if len(node.args) != 1:
+                raise self.error(f"{f.__name__}() takes one argument here", node)
             v = self.expr(node.args[0])
-            if isinstance(v, Py) and isinstance(v.value, tuple):
-                return Py(len(v.value))
-        if f in (math.sqrt, math.exp, math.log, math.log2, math.ceil, math.floor) or f in (
-                builtins.round, builtins.pow):
+            if isinstance(v, Py):
+                return Py(f(v.value))
+            if f is builtins.bool:
+                return self.to_bool(v)
+            return self.convert(v, T.f32 if f is builtins.float else T.i32, node)
+        if callable(f) and f not in _HOST_ONLY:
+            # Any other Python function runs at compile time on compile-time arguments
+            # (math.log2(BLOCK), helper functions computing tile shapes, …).
             args = [self.expr(a) for a in node.args]
-            if all(isinstance(a, Py) for a in args):
-                return Py(f(*(a.value for a in args)))
+            kwargs = {k.arg: self.expr(k.value) for k in node.keywords}
+            if all(isinstance(a, Py) for a in [*args, *kwargs.values()]):
+                try:
+                    return Py(f(*(a.value for a in args), **{k: v.value for k, v in kwargs.items()}))
+                except Exception as exc:
+                    raise self.error(f"compile-time call of {getattr(f, '__name__', f)!r} failed: "
+                                     f"{exc}", node) from None
+            raise self.error(f"{getattr(f, '__name__', f)!r} is a Python function: inside a kernel it "
+                             f"can only run at compile time, on compile-time arguments", node)
         raise self.error(f"cannot call {f!r} inside a kernel", node)
 
     def _no_kwargs(self, node: ast.Call):
@@ -521,10 +568,10 @@ class KernelBuilder:
     def convert(self, v, to: T.ScalarType, node) -> ir.Expr | Py:
         if isinstance(v, Py):
             if isinstance(v.value, (int, float, bool)):
-                if to.is_float and to.bits == 16:
-                    return self.cast(self.to_expr(v, T.f32, node), to)
-                return self.to_expr(v, to, node) if not (
-                    to.is_int and isinstance(v.value, float)) else self.const(int(v.value), to)
+                c = self._convert_const(v.value, to)
+                if c is None:
+                    raise self.error(f"cannot convert {v.value!r} to {to}", node)
+                return c
             raise self.error(f"cannot convert {v.value!r} to {to}", node)
         if not isinstance(v.type, T.ScalarType):
             raise self.error(f"cannot convert {v.type} to {to}", node)
@@ -581,6 +628,10 @@ class KernelBuilder:
         x, y = self._args(node, 2, name)
         a, b = self._float_args([x, y], node, name)
         return self._mk(ir.Call("pow", [a, b], a.type))
+
+    def _b_mul_rn(self, name, node):
+        a, b = self._float_args(self._args(node, 2, name), node, name)
+        return self._mk(ir.Call("mul_rn", [a, b], a.type))
 
     def _b_fma(self, name, node):
         args = self._float_args(self._args(node, 3, name), node, name)
@@ -769,6 +820,9 @@ class KernelBuilder:
     # --- @tt.func inlining ----------------------------------------------------------------------
 
     def _inline(self, f, node: ast.Call):
+        if f in self._inlining:
+            raise self.error(f"recursive call of @tt.func {f.__name__}: device functions are "
+                             f"inlined and cannot recurse", node)
         src = f.source()
         params = [a.arg for a in src.tree.args.args]
         if len(node.args) > len(params):
@@ -776,7 +830,7 @@ class KernelBuilder:
         args = [self.expr(a) for a in node.args]
         kw = {k.arg: self.expr(k.value) for k in node.keywords}
         defaults = src.tree.args.defaults
-        scope = _Scope(src, inline=_InlineFrame(last_stmt=src.tree.body[-1]))
+        scope = _Scope(src, inline=_InlineFrame())
         scope.assign_counts = _count_assignments(src.tree)
         for i, pname in enumerate(params):
             if i < len(args):
@@ -784,17 +838,24 @@ class KernelBuilder:
             elif pname in kw:
                 v = kw.pop(pname)
             elif i >= len(params) - len(defaults):
-                v = self.expr(defaults[i - (len(params) - len(defaults))])
+                # Python evaluates defaults where the function is defined: in its own module.
+                saved, self._scope = self._scope, scope
+                try:
+                    v = self.expr(defaults[i - (len(params) - len(defaults))])
+                finally:
+                    self._scope = saved
             else:
                 raise self.error(f"{src.name}() missing argument '{pname}'", node)
             scope.names[pname] = self._bind_param(v, src.tree.args.args[i], scope, node)
         if kw:
             raise self.error(f"{src.name}() got unexpected arguments {sorted(kw)}", node)
         saved, self._scope = self._scope, scope
+        self._inlining.append(f)
         try:
             body = self._block(src.tree.body)
         finally:
             self._scope = saved
+            self._inlining.pop()
         frame = scope.inline
         if frame.needs_exit:
             body = [ir.While(self.const(True, T.bool_), body + [ir.Break()])]
@@ -819,11 +880,12 @@ class KernelBuilder:
     # --- statements -----------------------------------------------------------------------------
 
     def _stmt(self, node: ast.stmt) -> None:
-        self._loc = self._scope.fn.src.loc(node)
+        saved, self._loc = self._loc, self._scope.fn.src.loc(node)
         method = getattr(self, "_s_" + type(node).__name__, None)
         if method is None:
             raise self.error(f"unsupported statement: {type(node).__name__}", node)
         method(node)
+        self._loc = saved
 
     def _s_Pass(self, node):
         pass
@@ -837,6 +899,11 @@ class KernelBuilder:
 
     def _s_Assign(self, node: ast.Assign):
         value = self.expr(node.value)
+        if len(node.targets) > 1 and isinstance(value, ir.Expr) and \
+                not isinstance(value, (ir.Const, ir.Ref)):
+            tmp = self.new_var("tmp", value.type)  # `a = b = f()` evaluates f() once
+            self.emit(ir.Assign(tmp, value))
+            value = self._mk(ir.Ref(tmp))
         for target in node.targets:
             self.assign(target, value, node)
 
@@ -886,7 +953,7 @@ class KernelBuilder:
                     v = self._mk(ir.Ref(tmp))
                 temps.append(v)
             for t, v in zip(target.elts, temps):
-                self.assign(t, v if isinstance(v, (ir.Expr, Py)) else Py(v), node)
+                self.assign(t, v if isinstance(v, (ir.Expr, Py, ir.Var)) else Py(v), node)
             return
         if isinstance(target, ast.Subscript):
             var = self.expr(target.value)
@@ -921,10 +988,13 @@ class KernelBuilder:
             self._scope.names[name] = var
             self.emit(ir.Assign(var, e))
             return
+        if isinstance(cur, Py) and isinstance(value, Py):
+            self._scope.names[name] = value  # e.g. one assignment executed per unrolled copy
+            return
         if isinstance(cur, Py):
             raise self.error(f"'{name}' is a compile-time constant and cannot be reassigned "
                              f"(assign it a runtime value first, e.g. with tt.i32(...))", node)
-        if cur.kind != "local":
+        if not (cur.kind == "local" or (cur.kind == "param" and isinstance(cur.type, T.ScalarType))):
             raise self.error(f"cannot assign to '{name}' (a {cur.kind} of type {cur.type})", node)
         e = self.cast(self._assignable(value, cur.type, node, name), cur.type) \
             if isinstance(cur.type, T.ScalarType) else self.to_expr(value, node=node)
@@ -960,11 +1030,18 @@ class KernelBuilder:
         if isinstance(cond, Py):
             for s in (node.body if cond.value else node.orelse):
                 self._stmt(s)
+                if self._terminated:
+                    break
             return
         c = self.to_bool(self.to_expr(cond, node=node))
         loc = self._loc
+        frame = self._scope.inline
+        if frame:
+            frame.branch_depth += 1
         then = self._block(node.body)
         orelse = self._block(node.orelse)
+        if frame:
+            frame.branch_depth -= 1
         self._loc = loc
         self.emit(ir.If(c, then, orelse))
 
@@ -1037,15 +1114,25 @@ class KernelBuilder:
         else:
             var = self.new_var(name, t)
             self._scope.names[name] = var
+        counter = var
+        if _assigns_name(node.body, name):
+            # Python's range() hands out the next value whatever the body did to the loop
+            # variable: iterate a hidden counter and copy it into the variable.
+            counter = self.new_var(f"{name}_iter", t)
         loc = self._loc
         body = self._loop_body(node.body)
         self._loc = loc
-        self.emit(ir.For(var, start, stop, step, body))
+        if counter is not var:
+            copy = ir.Assign(var, self._mk(ir.Ref(counter)))
+            copy.loc = loc
+            body.insert(0, copy)
+        self.emit(ir.For(counter, start, stop, step, body))
         self._after_loop()
 
     def _hoist(self, e: ir.Expr, name: str) -> ir.Expr:
         """Evaluate a loop bound once, as Python does."""
-        if isinstance(e, ir.Const) or (isinstance(e, ir.Ref) and e.var.kind == "param"):
+        if isinstance(e, ir.Const) or (isinstance(e, ir.Ref) and e.var.kind == "param" and
+                                       self._kernel_assigns.get(e.var.name, 0) == 0):
             return e
         var = self.new_var(name, e.type)
         self.emit(ir.Assign(var, e))
@@ -1057,23 +1144,48 @@ class KernelBuilder:
             if not isinstance(a, Py) or not isinstance(a.value, int):
                 raise self.error("tt.static_range bounds must be compile-time integers", at)
             vals.append(a.value)
-        if len(vals) > 10000 or not 1 <= len(vals) <= 3:
+        if not 1 <= len(vals) <= 3:
             raise self.error("tt.static_range takes 1 to 3 arguments", at)
-        self._unrolled(node, list(range(*vals)))
+        if len(vals) == 3 and vals[2] == 0:
+            raise self.error("tt.static_range() step must not be zero", at)
+        items = range(*vals)
+        if len(items) > _MAX_UNROLL:
+            raise self.error(f"tt.static_range would unroll {len(items)} copies (at most "
+                             f"{_MAX_UNROLL}); use range()", at)
+        self._unrolled(node, list(items))
 
     def _unrolled(self, node: ast.For, items: list) -> None:
-        if any(isinstance(n, (ast.Break, ast.Continue)) for s in node.body for n in ast.walk(s)):
-            raise self.error("break/continue are not supported in unrolled loops", node)
+        for n in _outside_loops(node.body):
+            if isinstance(n, (ast.Break, ast.Continue)):
+                raise self.error("break/continue are not supported in unrolled loops", n)
         for item in items:
-            self.assign(node.target, item if isinstance(item, (ir.Expr, Py)) else Py(item), node)
+            self._bind_unrolled(node.target, item, node)
             for s in node.body:
                 self._stmt(s)
+                if self._terminated:
+                    return
+
+    def _bind_unrolled(self, target: ast.expr, item, node) -> None:
+        """Bind the target of one unrolled iteration: compile-time values and buffers are bound
+        to the name in each copy (so `k` can select a vector lane); runtime values are assigned."""
+        if isinstance(target, ast.Tuple):
+            vals = item.value if isinstance(item, Py) else item
+            if not isinstance(vals, tuple) or len(vals) != len(target.elts):
+                raise self.error("the loop target does not match the items' shape", node)
+            for t, v in zip(target.elts, vals):
+                self._bind_unrolled(t, v, node)
+        elif isinstance(target, ast.Name) and not isinstance(item, ir.Expr):
+            self._scope.names[target.id] = item if isinstance(item, (Py, ir.Var)) else Py(item)
+        else:
+            self.assign(target, item, node)
 
     def _s_Break(self, node):
         self.emit(ir.Break())
+        self._terminated = True
 
     def _s_Continue(self, node):
         self.emit(ir.Continue())
+        self._terminated = True
 
     def _s_Return(self, node: ast.Return):
         frame = self._scope.inline
@@ -1081,6 +1193,7 @@ class KernelBuilder:
             if node.value is not None:
                 raise self.error("a kernel cannot return a value; write results to a buffer", node)
             self.emit(ir.Return())
+            self._terminated = True
             return
         if node.value is not None:
             v = self.expr(node.value)
@@ -1090,12 +1203,13 @@ class KernelBuilder:
             e = self.cast(self._assignable(e, frame.result.type, node), frame.result.type) \
                 if isinstance(e.type, T.ScalarType) else e
             self.emit(ir.Assign(frame.result, e))
+        self._terminated = True
         if frame.loop_depth > 0:
             if frame.done is None:
                 frame.done = self.new_var("returned", T.bool_)
             self.emit(ir.Assign(frame.done, self.const(True, T.bool_)))
-        elif node is frame.last_stmt:
-            return
+        elif frame.branch_depth == 0:
+            return  # nothing after it is lowered: the value is simply the function's result
         frame.needs_exit = True
         self.emit(ir.Break())
 
@@ -1111,6 +1225,27 @@ class KernelBuilder:
 @dataclass
 class _PendingArray:
     type: T.ArrayType
+
+
+_MAX_UNROLL = 4096
+
+
+def _outside_loops(body: list[ast.stmt]):
+    """The AST nodes of `body` that are not inside a nested loop."""
+    todo = list(body)
+    while todo:
+        n = todo.pop()
+        yield n
+        if not isinstance(n, (ast.For, ast.While)):
+            todo.extend(ast.iter_child_nodes(n))
+        else:
+            todo.extend(n.orelse)
+
+
+def _assigns_name(body: list[ast.stmt], name: str) -> bool:
+    """Whether statements assign to `name` (plain, augmented, annotated or as a loop target)."""
+    return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)
+               for s in body for n in ast.walk(s))
 
 
 def _count_assignments(tree: ast.FunctionDef) -> dict[str, int]:

@@ -106,11 +106,17 @@ class Kernel:
             if a.annotation is None:
                 raise self._error(f"parameter '{a.arg}' needs a type annotation (tt.f32, "
                                   f"tt.Buffer[tt.f32], tt.constexpr, …)", a)
-            try:
-                ann = eval(compile(ast.Expression(a.annotation), fsrc.src.file, "eval"),
-                           fsrc.globals, dict(fsrc.closure))
-            except Exception as exc:
-                raise self._error(f"cannot evaluate the annotation of '{a.arg}': {exc}", a) from None
+            ann = self.fn.__annotations__.get(a.arg)
+            if ann is None or isinstance(ann, str):
+                # PEP 563 (`from __future__ import annotations`) left the text: evaluate it in
+                # the kernel's globals and closure (locals of an enclosing factory are not
+                # visible then; without the future import Python already evaluated them).
+                try:
+                    ann = eval(compile(ast.Expression(a.annotation), fsrc.src.file, "eval"),
+                               fsrc.globals, dict(fsrc.closure))
+                except Exception as exc:
+                    raise self._error(f"cannot evaluate the annotation of '{a.arg}': {exc}",
+                                      a) from None
             if isinstance(ann, T.ScalarType):
                 params.append(Param(a.arg, "scalar", ann))
             elif isinstance(ann, T.BufferType):
@@ -150,7 +156,10 @@ class Kernel:
             return ()
         params = self.params
         try:
-            return tuple(args[i] if params[i].kind == "constexpr" else args[i].dtype for i in slots)
+            # A constexpr's type is part of its key: 1, 1.0 and True are equal in Python but
+            # lower to different kernels (`x // K` is an integer or a float division).
+            return tuple((type(args[i]), args[i]) if params[i].kind == "constexpr" else args[i].dtype
+                         for i in slots)
         except AttributeError:
             self.check_args(args)
             raise
@@ -178,7 +187,7 @@ class Kernel:
         out: dict[str, Any] = {}
         for p in self.params:
             if p.kind == "constexpr":
-                out[p.name] = Py(next(it))
+                out[p.name] = Py(next(it)[1])  # (type, value): see spec_key
             elif p.kind == "buffer" and p.type.elem is None:
                 out[p.name] = T.BufferType(next(it))
             else:
@@ -205,7 +214,7 @@ class Kernel:
                     missing.append(p.name)
                     continue
                 v = spec.pop(p.name)
-                key.append(T.as_type(v) if p.kind == "buffer" else v)
+                key.append(T.as_type(v) if p.kind == "buffer" else (type(v), v))
         if missing:
             raise TypeError(f"{self.__name__}: give values for the compile-time parameters "
                             f"{missing} (constexprs, or element types of generic buffers)")

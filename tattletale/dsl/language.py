@@ -40,6 +40,7 @@ _define("fma", "fma", "Fused multiply-add a*b+c with one rounding.")
 _define("clamp", "clamp", "clamp(x, lo, hi) = min(max(x, lo), hi).")
 _define("select", "select", "select(cond, a, b): a where cond else b; both operands are evaluated.")
 _define("pow", "pow", "pow(x, y) for floats.")
+_define("mul_rn", "mul_rn", "mul_rn(a, b): a*b rounded on its own, never fused into an FMA by the compiler.")
 _define("barrier", "barrier", "Workgroup barrier; orders shared and global memory within the workgroup.")
 _define("atomic", "atomic_add atomic_min atomic_max atomic_xchg atomic_cas",
         "Atomic update of buf[index] (a buffer or shared array); returns the previous value.")

@@ -175,20 +175,42 @@ def vector(elem: ScalarType, lanes: int) -> VectorType:
 
 
 def promote(a: ScalarType, b: ScalarType) -> ScalarType:
-    """The type binary arithmetic on `a` and `b` computes in (C-like, 16-bit floats compute in f32)."""
+    """The type binary arithmetic on `a` and `b` computes in: C's usual arithmetic conversions.
+
+    Each operand is first promoted on its own (bool and 8/16-bit integers to i32, 16-bit floats
+    to f32: a u8 is an i32 in arithmetic, as in C); then a float wins, else the wider integer,
+    and at equal width the unsigned one.
+    """
+    a, b = arith_type(a), arith_type(b)
     if a == b:
-        return arith_type(a)
+        return a
     if a.is_float or b.is_float:
         bits = max(x.bits for x in (a, b) if x.is_float)
         return f64 if bits == 64 else f32
-    if a.is_bool:
-        return arith_type(b)
-    if b.is_bool:
-        return arith_type(a)
-    bits = max(a.bits, b.bits, 32)
-    wa, wb = max(a.bits, 32), max(b.bits, 32)
-    unsigned = (not a.is_signed and wa == bits) or (not b.is_signed and wb == bits)
-    return SCALARS[("u" if unsigned else "i") + str(bits)]
+    if a.bits != b.bits:
+        return a if a.bits > b.bits else b
+    return a if not a.is_signed else b
+
+
+def wrap_int(value: int, t: ScalarType) -> int:
+    """`value` converted to the integer type `t` as C does: modulo 2**bits, two's complement."""
+    value &= (1 << t.bits) - 1
+    if t.is_signed and value >> (t.bits - 1):
+        value -= 1 << t.bits
+    return value
+
+
+def round_float(value: float, t: ScalarType) -> float:
+    """The float `t` nearest to `value` (round to nearest even), as a Python float."""
+    if t.bits == 64:
+        return float(value)
+    with np.errstate(over="ignore"):
+        v32 = np.float32(value)
+        if t == f16:
+            return float(np.float16(value))
+        if t == bf16:
+            return float(from_bf16_bits(to_bf16_bits(v32)))
+        return float(v32)
 
 
 def arith_type(t: ScalarType) -> ScalarType:

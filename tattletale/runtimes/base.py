@@ -83,6 +83,16 @@ class Tensor:
             raise ValueError("view out of range")
         return Tensor(self.device, self.alloc, shape, self.dtype, self.offset + offset)
 
+    def bitview(self, dtype) -> Tensor:
+        """The same bytes reinterpreted as another element type (last dimension rescaled)."""
+        dtype = T.as_type(dtype)
+        nbytes_last = self.shape[-1] * self.dtype.itemsize
+        start = self.offset * self.dtype.itemsize
+        if nbytes_last % dtype.itemsize or start % dtype.itemsize:
+            raise ValueError(f"cannot view {self.dtype} data of shape {self.shape} as {dtype}")
+        shape = (*self.shape[:-1], nbytes_last // dtype.itemsize)
+        return Tensor(self.device, self.alloc, shape, dtype, start // dtype.itemsize)
+
     def reshape(self, *shape) -> Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
         if math.prod(shape) != self.size:

@@ -1,0 +1,1 @@
+"""The LLM kernel library, written once in the DSL for every backend."""

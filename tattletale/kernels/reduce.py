@@ -1,0 +1,50 @@
+"""Workgroup-wide reductions, built from subgroup reductions and a shared-memory tree.
+
+Correct for any subgroup size the device reports (including 1, where the tree does all the
+work); the workgroup is one-dimensional with BLOCK threads, BLOCK a power of two.
+"""
+
+import tattletale as tt
+
+
+@tt.func
+def block_reduce(v, BLOCK, OP):
+    """Reduce f32 `v` over the workgroup with OP ("sum" or "max"); every thread gets the result."""
+    SG = tt.subgroup_size()
+    r = tt.subgroup_sum(v) if OP == "sum" else tt.subgroup_max(v)
+    if BLOCK > SG:
+        NSG = BLOCK // SG
+        part = tt.shared((NSG,), tt.f32)
+        if tt.subgroup_local_id() == 0:
+            part[tt.subgroup_id()] = r
+        tt.barrier()
+        t = tt.local_id(0)
+        for k in tt.static_range(NSG.bit_length() - 1):
+            stride = NSG >> (k + 1)
+            if t < stride:
+                if OP == "sum":
+                    part[t] += part[t + stride]
+                else:
+                    part[t] = max(part[t], part[t + stride])
+            tt.barrier()
+        r = part[0]
+        tt.barrier()  # part may be reused by the caller's next reduction
+    return r
+
+
+@tt.func
+def block_sum(v, BLOCK):
+    return block_reduce(v, BLOCK, "sum")
+
+
+@tt.func
+def block_max(v, BLOCK):
+    return block_reduce(v, BLOCK, "max")
+
+
+def pick_block(n: int, lo: int = 32, hi: int = 256) -> int:
+    """A power-of-two workgroup size for rows of n elements."""
+    b = lo
+    while b < hi and b < n:
+        b *= 2
+    return b
