@@ -171,3 +171,110 @@ def test_linear_llama8b_shape(dev, rng, fmt):
     out = poisoned(dev, (1, n))
     linear(dev.tensor(x), Weight.from_array(dev, w, fmt), out=out)
     assert rel_err(out.numpy(), x.astype(np.float64) @ reference_weight(w, fmt).T) < 1e-5
+
+
+def reference_attention(q, k, v, first_pos, window=0):
+    """q [T, H, D] at absolute positions first_pos…; k, v [S, KV, D]; causal, float64."""
+    n_q, n_heads, d = q.shape
+    group = n_heads // k.shape[1]
+    out = np.zeros((n_q, n_heads, d))
+    for i in range(n_q):
+        p = first_pos + i
+        lo = max(0, p - window + 1) if window > 0 else 0
+        for h in range(n_heads):
+            s = (k[lo:p + 1, h // group].astype(np.float64) @ q[i, h]) / math.sqrt(d)
+            w = np.exp(s - s.max())
+            out[i, h] = (w / w.sum()) @ v[lo:p + 1, h // group]
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 100])
+@pytest.mark.parametrize("shape", ["smol", "odd"])
+def test_decode_attention(dev, rng, window, shape):
+    from tattletale.kernels.attention import decode_attention
+
+    n_heads, n_kv, d = (SMOL["heads"], SMOL["kv"], SMOL["head_dim"]) if shape == "smol" else (8, 8, 64)
+    lens = np.array([5, 700, 1300], np.int32)
+    max_len = 1300
+    q = rng.standard_normal((3, n_heads, d)).astype(np.float32)
+    k = rng.standard_normal((3, max_len, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((3, max_len, n_kv, d)).astype(np.float32)
+    out = poisoned(dev, q.shape)
+    decode_attention(dev.tensor(q), dev.tensor(k), dev.tensor(v), dev.tensor(lens), n_kv, out=out,
+                     window=window)
+    got = out.numpy()
+    for b in range(3):
+        ref = reference_attention(q[b:b + 1], k[b, :lens[b]], v[b, :lens[b]], lens[b] - 1, window)
+        assert np.abs(got[b] - ref[0]).max() < 1e-5
+
+
+def test_decode_attention_f16_cache_long(dev, rng):
+    from tattletale.kernels.attention import decode_attention
+
+    n_heads, n_kv, d, length = 4, 2, LLAMA8B["head_dim"], 4096
+    q = rng.standard_normal((1, n_heads, d)).astype(np.float32)
+    k = rng.standard_normal((1, length, n_kv, d)).astype(np.float16)
+    v = rng.standard_normal((1, length, n_kv, d)).astype(np.float16)
+    out = poisoned(dev, q.shape)
+    decode_attention(dev.tensor(q), dev.tensor(k), dev.tensor(v),
+                     dev.tensor(np.array([length], np.int32)), n_kv, out=out)
+    ref = reference_attention(q, k[0].astype(np.float32), v[0].astype(np.float32), length - 1)
+    assert np.abs(out.numpy() - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("window", [0, 17])
+@pytest.mark.parametrize("n_q,n_kv_tokens", [(70, 100), (1, 33), (129, 129)])
+def test_prefill_attention(dev, rng, window, n_q, n_kv_tokens):
+    from tattletale.kernels.attention import prefill_attention
+
+    n_heads, n_kv, d = SMOL["heads"], SMOL["kv"], SMOL["head_dim"]
+    q = rng.standard_normal((n_q, n_heads, d)).astype(np.float32)
+    k = rng.standard_normal((n_kv_tokens, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((n_kv_tokens, n_kv, d)).astype(np.float32)
+    out = poisoned(dev, q.shape)
+    prefill_attention(dev.tensor(q), dev.tensor(k), dev.tensor(v), n_kv, out=out, window=window)
+    ref = reference_attention(q, k, v, n_kv_tokens - n_q, window)
+    assert np.abs(out.numpy() - ref).max() < 1e-5
+
+
+def test_greedy_sampling_picks_first_maximum(dev, rng):
+    from tattletale.kernels.sampling import SamplingParams, sample
+
+    logits = rng.standard_normal((3, SMOL["vocab"])).astype(np.float32)
+    logits[1, [10, 20]] = 50.0  # a tie: the lower index wins
+    ids = sample(dev.tensor(logits), [SamplingParams(temperature=0)] * 3, [0, 0, 0])
+    assert list(ids) == [int(logits[0].argmax()), 10, int(logits[2].argmax())]
+
+
+def test_sampling_distribution_and_seed(dev, rng):
+    """Many seeded draws follow the filtered distribution; a seed and counter fix the draw."""
+    from tattletale.kernels.sampling import SamplingParams, sample
+
+    vocab = 1000
+    logits = (rng.standard_normal((1, vocab)) * 2).astype(np.float32)
+    p = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, min_p=0.01, seed=1234)
+    draws = np.array([sample(dev.tensor(logits), [p], [i])[0] for i in range(1500)])
+    z = np.exp((logits[0].astype(np.float64) - logits.max()) / 0.8)
+    keep = np.zeros(vocab, bool)
+    keep[np.argsort(-z)[:50]] = True
+    kept = np.where(keep & (z >= 0.01), z, 0.0)
+    ordered = np.sort(kept)[::-1]
+    cut = ordered[np.searchsorted(np.cumsum(ordered), 0.9 * ordered.sum())]
+    target = np.where(kept >= cut, kept, 0.0)
+    target /= target.sum()
+    freq = np.bincount(draws, minlength=vocab) / len(draws)
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(target))
+    assert 0.5 * np.abs(freq - target).sum() < 0.08  # sampling noise at 1500 draws is ~0.04
+    again = [sample(dev.tensor(logits), [p], [i])[0] for i in range(5)]
+    assert list(again) == list(draws[:5])
+
+
+def test_penalties(dev, rng):
+    from tattletale.kernels.sampling import SamplingParams, sample
+
+    logits = np.zeros((1, 64), np.float32)
+    logits[0, 3], logits[0, 5] = 4.0, 3.5
+    p = SamplingParams(temperature=0, repetition_penalty=1.5, frequency_penalty=0.1)
+    # token 3: 4.0 / 1.5 - 0.1·2 ≈ 2.47 < 3.5, so the penalized history hands the argmax to 5
+    assert sample(dev.tensor(logits), [p], [0], histories=[[3, 3]])[0] == 5
+    assert sample(dev.tensor(logits), [SamplingParams(temperature=0)], [0])[0] == 3

@@ -9,9 +9,15 @@ import tattletale as tt
 
 @tt.func
 def block_reduce(v, BLOCK, OP):
-    """Reduce f32 `v` over the workgroup with OP ("sum" or "max"); every thread gets the result."""
+    """Reduce f32 `v` over the workgroup with OP ("sum", "max" or "min"); every thread gets the
+    result."""
     SG = tt.subgroup_size()
-    r = tt.subgroup_sum(v) if OP == "sum" else tt.subgroup_max(v)
+    if OP == "sum":
+        r = tt.subgroup_sum(v)
+    elif OP == "max":
+        r = tt.subgroup_max(v)
+    else:
+        r = tt.subgroup_min(v)
     if BLOCK > SG:
         NSG = BLOCK // SG
         part = tt.shared((NSG,), tt.f32)
@@ -24,8 +30,10 @@ def block_reduce(v, BLOCK, OP):
             if t < stride:
                 if OP == "sum":
                     part[t] += part[t + stride]
-                else:
+                elif OP == "max":
                     part[t] = max(part[t], part[t + stride])
+                else:
+                    part[t] = min(part[t], part[t + stride])
             tt.barrier()
         r = part[0]
         tt.barrier()  # part may be reused by the caller's next reduction
@@ -40,6 +48,11 @@ def block_sum(v, BLOCK):
 @tt.func
 def block_max(v, BLOCK):
     return block_reduce(v, BLOCK, "max")
+
+
+@tt.func
+def block_min(v, BLOCK):
+    return block_reduce(v, BLOCK, "min")
 
 
 def pick_block(n: int, lo: int = 32, hi: int = 256) -> int:
