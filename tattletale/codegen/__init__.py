@@ -7,13 +7,15 @@ from importlib import import_module
 from . import ir
 from .cfamily import Caps, Generated
 
-TARGETS = ("cuda", "opencl")
+TARGETS = ("cuda", "opencl", "webgpu", "vulkan")
+# targets whose printer module is named after its language
+_MODULE_NAMES = {"webgpu": "wgsl", "vulkan": "spirv"}
 
 
 def _module(target: str):
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
-    return import_module(f"{__name__}.{target}")
+    return import_module(f"{__name__}.{_MODULE_NAMES.get(target, target)}")
 
 
 def default_caps(target: str) -> Caps:

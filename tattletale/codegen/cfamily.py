@@ -406,7 +406,8 @@ class CPrinter:
         """The value to store: a cast to a 16-bit float element type is dropped, since the
         store itself rounds to that format."""
         t = var.type.elem
-        if isinstance(value, ir.Cast) and value.to == t and t.is_float and t.bits == 16:
+        if isinstance(value, ir.Cast) and value.to == t and t.is_float and t.bits == 16 and \
+                value.operand.type == T.f32:  # the store takes a float: other sources convert
             return value.operand
         return value
 

@@ -383,13 +383,18 @@ def format_kernel(k: Kernel) -> str:
     out = [f"kernel {k.name}({', '.join(f'%{p.name}: {p.type}' for p in k.params)})"]
     for v in k.locals:
         out.append(f"  {v.kind} %{v.name}: {v.type}")
-    _format_body(k.body, out, 1)
+    _format_body(k.body, out, 1, [None])
     return "\n".join(out)
 
 
-def _format_body(body: list[Stmt], out: list[str], depth: int) -> None:
+def _format_body(body: list[Stmt], out: list[str], depth: int, last: list) -> None:
+    """Print statements; `last` holds the source line annotated last (a one-item list), so each
+    new Python line gets one `// file.py:LINE: text` comment, as in generated code."""
     pad = "  " * depth
     for s in body:
+        if s.loc is not None and (s.loc.file, s.loc.line) != last[0]:
+            last[0] = (s.loc.file, s.loc.line)
+            out.append(f"{pad}// {s.loc.file.rsplit('/', 1)[-1]}:{s.loc.line}: {s.loc.text.strip()}")
         if isinstance(s, Assign):
             out.append(f"{pad}%{s.var.name} = {format_expr(s.value)}")
         elif isinstance(s, Store):
@@ -398,17 +403,17 @@ def _format_body(body: list[Stmt], out: list[str], depth: int) -> None:
             out.append(f"{pad}vstore %{s.var.name}[{format_expr(s.index)}] = {format_expr(s.value)}")
         elif isinstance(s, If):
             out.append(f"{pad}if {format_expr(s.cond)}:")
-            _format_body(s.then, out, depth + 1)
+            _format_body(s.then, out, depth + 1, last)
             if s.orelse:
                 out.append(f"{pad}else:")
-                _format_body(s.orelse, out, depth + 1)
+                _format_body(s.orelse, out, depth + 1, last)
         elif isinstance(s, For):
             rng = ", ".join(format_expr(x) for x in (s.start, s.stop, s.step))
             out.append(f"{pad}for %{s.var.name} in range({rng}):")
-            _format_body(s.body, out, depth + 1)
+            _format_body(s.body, out, depth + 1, last)
         elif isinstance(s, While):
             out.append(f"{pad}while {format_expr(s.cond)}:")
-            _format_body(s.body, out, depth + 1)
+            _format_body(s.body, out, depth + 1, last)
         elif isinstance(s, ExprStmt):
             out.append(f"{pad}{format_expr(s.expr)}")
         else:

@@ -242,7 +242,7 @@ class _LazyLowering:
             pre.append(_at(ir.If(cond, arms[0], arms[1]), loc))
             return self.ref(var, loc)
         if isinstance(e, ir.Binary) and e.op in ("and", "or") and self.must_defer(e.rhs):
-            var = self.temp(e.op, T.bool_, loc)
+            var = self.temp("cond", T.bool_, loc)
             pre.append(self.assign(var, self.expr(e.lhs, pre), loc))
             stmts: list[ir.Stmt] = []
             stmts.append(self.assign(var, self.expr(e.rhs, stmts), loc))

@@ -72,6 +72,7 @@ class _Scope:
     names: dict[str, Any] = field(default_factory=dict)  # name -> ir.Var | Py
     assign_counts: dict[str, int] = field(default_factory=dict)
     inline: _InlineFrame | None = None
+    runtime_depth: int = 0  # runtime if/loop bodies around the statement being lowered
 
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
@@ -406,7 +407,7 @@ class KernelBuilder:
                 lhs, rhs = self.to_expr(lhs, node=node), self.to_expr(rhs, node=node)
         for e in (lhs, rhs):
             if not isinstance(e, ir.Expr) or not isinstance(e.type, T.ScalarType):
-                what = e.type if isinstance(e, ir.Expr) else repr(e.value)
+                what = e.type if isinstance(e, (ir.Expr, ir.Var)) else repr(e.value)
                 raise self.error(f"operator needs scalar operands, got {what}", node)
         t = T.promote(lhs.type, rhs.type)
         return self.cast(lhs, t), self.cast(rhs, t)
@@ -419,23 +420,47 @@ class KernelBuilder:
             return T.bool_ if t.is_bool else T.arith_type(t)
         return T.arith_type(t) if not t.is_bool else T.i32
 
+    def _capture(self, node: ast.expr) -> tuple[Any, list[ir.Stmt]]:
+        """Lower an expression that may not be evaluated (a branch of `x if c else y`, the right
+        side of `and`/`or`): its value, and the statements it emitted (an inlined @tt.func),
+        which the caller must run only when the value is needed."""
+        saved, self._out = self._out, []
+        try:
+            return self.expr(node), self._out
+        finally:
+            self._out = saved
+
     def _e_BoolOp(self, node: ast.BoolOp):
         op = "and" if isinstance(node.op, ast.And) else "or"
-        values = [self.expr(v) for v in node.values]
-        acc = values[0]
-        for v in values[1:]:
+        acc = self.expr(node.values[0])
+        for vnode in node.values[1:]:
             if isinstance(acc, Py):
-                if op == "and" and not acc.value:
+                if bool(acc.value) != (op == "and"):  # decided at compile time
                     return acc
-                if op == "or" and acc.value:
-                    return acc
-                acc = v
+                acc = self.expr(vnode)
                 continue
-            if isinstance(v, Py):
-                if (op == "and" and v.value) or (op == "or" and not v.value):
-                    continue
-            acc = self._mk(ir.Binary(op, self.to_bool(acc), self.to_bool(self.to_expr(v)), T.bool_))
+            v, pre = self._capture(vnode)
+            if isinstance(v, Py) and not pre and bool(v.value) == (op == "and"):
+                continue  # `x and True`, `x or False`
+            if not pre:
+                acc = self._mk(ir.Binary(op, self.to_bool(acc), self.to_bool(self.to_expr(v)),
+                                         T.bool_))
+                continue
+            # The right side runs code (an inlined function): only when it decides the result.
+            tmp = self.new_var("cond", T.bool_)
+            self.emit(ir.Assign(tmp, self.to_bool(acc)))
+            test = self._mk(ir.Ref(tmp))
+            if op == "or":
+                test = self._mk(ir.Unary("not", test))
+            then = [*pre, self._at(ir.Assign(tmp, self.to_bool(self.to_expr(v, node=vnode))))]
+            self.emit(ir.If(test, then, []))
+            acc = self._mk(ir.Ref(tmp))
         return acc if isinstance(acc, Py) else self.to_bool(acc)
+
+    def _at(self, stmt: ir.Stmt) -> ir.Stmt:
+        """A statement built outside `emit`, located at the current source line."""
+        stmt.loc = self._loc
+        return stmt
 
     def _e_Compare(self, node: ast.Compare):
         left = self.expr(node.left)
@@ -445,6 +470,11 @@ class KernelBuilder:
             if op is None:
                 raise self.error(f"unsupported comparison {type(op_node).__name__}", node)
             right = self.expr(right_node)
+            if right_node is not node.comparators[-1] and isinstance(right, ir.Expr) and \
+                    not ir.is_pure(right):  # `a < f() < b` evaluates f() once
+                tmp = self.new_var("cmp", right.type)
+                self.emit(ir.Assign(tmp, right))
+                right = self._mk(ir.Ref(tmp))
             if isinstance(left, Py) and isinstance(right, Py):
                 cmp = Py(_fold_py(op, left.value, right.value))
             else:
@@ -466,8 +496,16 @@ class KernelBuilder:
         cond = self.expr(node.test)
         if isinstance(cond, Py):
             return self.expr(node.body if cond.value else node.orelse)
-        a, b = self._unify(self.expr(node.body), self.expr(node.orelse), node)
-        return self._mk(ir.Select(self.to_bool(cond), a, b, lazy=True))
+        c = self.to_bool(self.to_expr(cond, node=node))
+        (a, pre_a), (b, pre_b) = self._capture(node.body), self._capture(node.orelse)
+        a, b = self._unify(a, b, node)
+        if not pre_a and not pre_b:
+            return self._mk(ir.Select(c, a, b, lazy=True))
+        # A branch runs code (an inlined function): only the chosen one may run.
+        tmp = self.new_var("choice", a.type)
+        self.emit(ir.If(c, [*pre_a, self._at(ir.Assign(tmp, a))],
+                        [*pre_b, self._at(ir.Assign(tmp, b))]))
+        return self._mk(ir.Ref(tmp))
 
     def _e_Subscript(self, node: ast.Subscript):
         base = self.expr(node.value)
@@ -620,7 +658,10 @@ class KernelBuilder:
         if isinstance(x, Py) and name in ("sqrt", "exp", "log", "floor", "ceil", "log2", "sin",
                                           "cos", "tanh", "exp2"):
             f = {"exp2": lambda v: 2.0 ** v}.get(name, getattr(math, name, None))
-            return Py(float(f(x.value)))
+            try:
+                return Py(float(f(x.value)))
+            except (ValueError, OverflowError, TypeError):
+                pass  # log(0), sqrt(-1), exp(1000): the device's answer (inf, nan) at run time
         (a,) = self._float_args([x], node, name)
         return self._mk(ir.Call(name, [a], a.type))
 
@@ -706,10 +747,14 @@ class KernelBuilder:
         lanes = self._const_int(n, node, "the lane count")
         if lanes not in (2, 4) or not isinstance(var.type, T.BufferType):
             raise self.error("tt.vload(buffer, i, n) loads 2 or 4 lanes from a buffer", node)
+        return self._mk(ir.VecLoad(var, self._vec_index(i, node.args[1]), lanes))
+
+    def _vec_index(self, i, node: ast.expr) -> ir.Expr:
+        """The vector index of tt.vload/tt.vstore: an integer, computed in its arithmetic type."""
         index = self.to_expr(i, node=node)
-        if not index.type.is_int:
-            raise self.error("an index must be an integer", node)
-        return self._mk(ir.VecLoad(var, self.cast(index, T.arith_type(index.type)), lanes))
+        if not isinstance(index.type, T.ScalarType) or not index.type.is_int:
+            raise self.error(f"an index must be an integer, got {index.type}", node)
+        return self.cast(index, T.arith_type(index.type))
 
     def _b_vstore(self, name, node):
         buf, i, v = self._args(node, 3, name)
@@ -717,15 +762,19 @@ class KernelBuilder:
         if not isinstance(var.type, T.BufferType) or not isinstance(v, ir.Expr) or \
                 not isinstance(v.type, T.VectorType):
             raise self.error("tt.vstore(buffer, i, vector) stores a vector into a buffer", node)
+        index = self._vec_index(i, node.args[1])
         if v.type.elem != var.type.elem:
             v = self._vec_convert(v, var.type.elem, node)
-        index = self.to_expr(i, node=node)
-        self.emit(ir.VecStore(var, self.cast(index, T.arith_type(index.type)), v))
+        self.emit(ir.VecStore(var, index, v))
         return Py(None)
 
     def _vec_convert(self, v: ir.Expr, elem: T.ScalarType, node) -> ir.Expr:
         if elem.is_float != v.type.elem.is_float:
             raise self.error(f"cannot store a {v.type} into a Buffer[{elem}]", node)
+        if not isinstance(v, ir.Ref):  # each lane reads the vector: evaluate it once
+            tmp = self.new_var("vec", v.type)
+            self.emit(ir.Assign(tmp, v))
+            v = self._mk(ir.Ref(tmp))
         lanes = [self.cast(self._mk(ir.Lane(v, k)), elem) for k in range(v.type.lanes)]
         return self._mk(ir.MakeVec(T.VectorType(elem, v.type.lanes), lanes))
 
@@ -934,6 +983,10 @@ class KernelBuilder:
             if not isinstance(var, ir.Var):
                 raise self.error("only buffers and arrays can be updated in place", node)
             idx = self.index(var, target.slice)
+            if not ir.is_pure(idx):  # `x[f()] += 1` evaluates f() once
+                tmp = self.new_var("idx", idx.type)
+                self.emit(ir.Assign(tmp, idx))
+                idx = self._mk(ir.Ref(tmp))
             cur = self._mk(ir.Load(var, idx))
             new = self.binary(op, cur, self.expr(node.value), node)
             self._store(var, idx, new, node)
@@ -988,8 +1041,10 @@ class KernelBuilder:
             self._scope.names[name] = var
             self.emit(ir.Assign(var, e))
             return
-        if isinstance(cur, Py) and isinstance(value, Py):
-            self._scope.names[name] = value  # e.g. one assignment executed per unrolled copy
+        if isinstance(cur, Py) and isinstance(value, Py) and self._scope.runtime_depth == 0:
+            # Rebinding in straight-line code (e.g. once per unrolled copy) happens at compile
+            # time in program order; under a runtime `if` or loop it would ignore the condition.
+            self._scope.names[name] = value
             return
         if isinstance(cur, Py):
             raise self.error(f"'{name}' is a compile-time constant and cannot be reassigned "
@@ -1038,8 +1093,10 @@ class KernelBuilder:
         frame = self._scope.inline
         if frame:
             frame.branch_depth += 1
+        self._scope.runtime_depth += 1
         then = self._block(node.body)
         orelse = self._block(node.orelse)
+        self._scope.runtime_depth -= 1
         if frame:
             frame.branch_depth -= 1
         self._loc = loc
@@ -1048,11 +1105,15 @@ class KernelBuilder:
     def _s_While(self, node: ast.While):
         if node.orelse:
             raise self.error("while/else is not supported", node)
-        cond = self.expr(node.test)
+        cond, pre = self._capture(node.test)
         loc = self._loc
         c = self.to_bool(self.to_expr(cond, node=node))
         body = self._loop_body(node.body)
         self._loc = loc
+        if pre:  # the condition runs code (an inlined function): before every iteration
+            body = [*pre, self._at(ir.If(self._mk(ir.Unary("not", c)), [self._at(ir.Break())],
+                                         [])), *body]
+            c = self.const(True, T.bool_)
         self.emit(ir.While(c, body))
         self._after_loop()
 
@@ -1060,9 +1121,11 @@ class KernelBuilder:
         frame = self._scope.inline
         if frame:
             frame.loop_depth += 1
+        self._scope.runtime_depth += 1
         try:
             return self._block(stmts)
         finally:
+            self._scope.runtime_depth -= 1
             if frame:
                 frame.loop_depth -= 1
 

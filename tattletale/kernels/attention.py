@@ -55,7 +55,7 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
         qv[j] = tt.f32(q[(b * n_heads + h) * D + lane * DL + j]) * scale
         o[j] = 0.0
     m = NEG_INF
-    l = 0.0
+    denom = 0.0
     for t in range(start + sg, stop, NSG):
         s = 0.0
         for j in tt.static_range(DL):
@@ -64,7 +64,7 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
         m_new = max(m, s)
         corr = tt.exp(m - m_new)
         p = tt.exp(s - m_new)
-        l = l * corr + p
+        denom = denom * corr + p
         for j in tt.static_range(DL):
             o[j] = o[j] * corr + p * v[kv_index(seq, t, hk, lane * DL + j, n_kv, D)]
         m = m_new
@@ -74,7 +74,7 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
     so = tt.shared((NSG, D), tt.f32)
     if lane == 0:
         sm[sg] = m
-        sl[sg] = l
+        sl[sg] = denom
     for j in tt.static_range(DL):
         so[sg, lane * DL + j] = o[j]
     tt.barrier()
@@ -171,7 +171,7 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
     for d in tt.static_range(D):
         o[d] = 0.0
     m = NEG_INF
-    l = 0.0
+    denom = 0.0
     ks = tt.shared((BK, D), tt.f32)
     vs = tt.shared((BK, D), tt.f32)
     last = min(offset + qb * BQ + BQ, n_kv_tokens)  # keys this block needs: [first, last)
@@ -196,13 +196,13 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
                     m_new = max(m, s)
                     corr = tt.exp(m - m_new)
                     p = tt.exp(s - m_new)
-                    l = l * corr + p
+                    denom = denom * corr + p
                     for d in tt.static_range(D):
                         o[d] = o[d] * corr + p * vs[j, d]
                     m = m_new
         tt.barrier()
     if row < n_q:
-        inv = 1.0 / l
+        inv = 1.0 / denom
         for d in tt.static_range(D):
             out[(row * n_heads + h) * D + d] = o[d] * inv
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Device, Tensor
 
-BACKENDS = ("cuda", "opencl")
+BACKENDS = ("cuda", "opencl", "webgpu", "vulkan")
 _devices: dict[tuple[str, int], Device] = {}
 _default: Device | None = None
 
@@ -18,19 +18,32 @@ def _make(backend: str, index: int) -> Device:
         from .opencl import OpenCLDevice
 
         return OpenCLDevice(index)
+    if backend == "webgpu":
+        from .webgpu import WebGPUDevice
+
+        return WebGPUDevice(index)
+    if backend == "vulkan":
+        from .vulkan import VulkanDevice
+
+        return VulkanDevice(index)
     raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 
 def devices() -> list[tuple[str, int, str]]:
     """Every usable device as (backend, index, name), fastest first."""
     out = []
-    from . import cuda, opencl
+    from . import cuda, opencl, vulkan, webgpu
 
     for i, name in enumerate(cuda.list_devices()):
         out.append(("cuda", i, name))
+    vk_devs = [(i, p) for i, (_, p) in enumerate(vulkan.list_devices())]
+    out += [("vulkan", i, p.deviceName) for i, p in vk_devs if vulkan.is_gpu(p)]
     cl_devs = opencl.list_devices()
     for i, d in enumerate(cl_devs):
         out.append(("opencl", i, d.name.strip()))
+    for i, name in enumerate(webgpu.list_devices()):
+        out.append(("webgpu", i, name))
+    out += [("vulkan", i, p.deviceName) for i, p in vk_devs if not vulkan.is_gpu(p)]  # lavapipe
     return out
 
 
