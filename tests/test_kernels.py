@@ -150,7 +150,7 @@ def test_embedding_decodes_exactly(dev, rng, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m,n,k", [(1, SMOL["inter"], SMOL["hidden"]), (3, 200, SMOL["inter"]),
-                                   (17, 40, 256)])
+                                   (17, 40, 256), (70, 130, 96)])
 def test_linear(dev, rng, fmt, m, n, k):
     w = (rng.standard_normal((n, k)) / math.sqrt(k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import tattletale as tt
 from tattletale.runtimes import Tensor
 
-from .quant import Weight, half_hi, half_lo, nibble, sbyte
+from .quant import Weight, dequant_element, half_hi, half_lo, nibble, sbyte
 
 MAX_GEMV_ROWS = 16
+GEMM_TILE = 64  # BM = BN; 16×16 threads, each computing a 4×4 block of outputs
+GEMM_BK = 32  # one quantization block of K per step
 
 
 @tt.func
@@ -95,29 +97,97 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                 y[m * N + n] = total
 
 
+@tt.kernel
+def gemm_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
+                bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, M: tt.i32, N: tt.i32, K: tt.i32,
+                FMT: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
+    """Tiled GEMM through shared memory for prefill (any weight format, decoded while staging).
+
+    Workgroup (tile of N, tile of M) with 16×16 threads; each thread owns 4×4 outputs. Tiles are
+    stored k-major in shared memory so the inner loop reads consecutive addresses.
+    """
+    BM = 64
+    BK = 32
+    tx = tt.local_id(0)
+    ty = tt.local_id(1)
+    tid = ty * 16 + tx
+    n0 = tt.group_id(0) * BM
+    m0 = tt.group_id(1) * BM
+    xs = tt.shared((BK, BM), tt.f32)
+    ws = tt.shared((BK, BM), tt.f32)
+    acc = tt.array((4, 4), tt.f32)
+    for i in tt.static_range(4):
+        for j in tt.static_range(4):
+            acc[i, j] = 0.0
+    for k0 in range(0, K, BK):
+        for e in tt.static_range(BM * BK // 256):  # 8 elements of each tile per thread
+            idx = e * 256 + tid
+            r = idx // BK
+            c = idx % BK
+            xv = 0.0
+            if m0 + r < M and k0 + c < K:
+                xv = x[(m0 + r) * K + k0 + c]
+            xs[c, r] = xv
+            wv = 0.0
+            if n0 + r < N and k0 + c < K:
+                wv = dequant_element(w, scales, mins, n0 + r, k0 + c, K, FMT)
+            ws[c, r] = wv
+        tt.barrier()
+        for kk in range(BK):
+            a = tt.array((4,), tt.f32)
+            for i in tt.static_range(4):
+                a[i] = xs[kk, ty * 4 + i]
+            for j in tt.static_range(4):
+                bj = ws[kk, tx * 4 + j]
+                for i in tt.static_range(4):
+                    acc[i, j] += a[i] * bj
+        tt.barrier()
+    for i in tt.static_range(4):
+        m = m0 + ty * 4 + i
+        for j in tt.static_range(4):
+            n = n0 + tx * 4 + j
+            if m < M and n < N:
+                v = acc[i, j]
+                if HAS_BIAS:
+                    v += bias[n]
+                if HAS_RESIDUAL:
+                    v += residual[m * N + n]
+                y[m * N + n] = v
+
+
 def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | None = None,
            out: Tensor | None = None) -> Tensor:
-    """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself)."""
+    """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
+
+    Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run the tiled GEMM.
+    """
     n, k = w.shape
     m = x.size // k
-    if k % 32 and w.fmt not in ("f32",):
+    if k % 32 and w.fmt != "f32":
         raise ValueError(f"K = {k} must be a multiple of 32 for {w.fmt} weights")
     if k % 8:
         raise ValueError(f"K = {k} must be a multiple of 8")
     out = out if out is not None else x.device.empty((m, n), tt.f32)
-    dev = x.device
-    sg = dev.caps.subgroup_size
+    # Unused buffer parameters get any tensor: their constexpr flags keep them unread.
+    scales = w.scales if w.scales is not None else w.data
+    mins = w.mins if w.mins is not None else scales
+    bias_arg = bias if bias is not None else out
+    if m > MAX_GEMV_ROWS:
+        grid = (-(-n // GEMM_TILE), -(-m // GEMM_TILE))
+        gemm_kernel[grid, (16, 16)](x, w.data, scales, mins, bias_arg,
+                                    residual if residual is not None else out, out, m, n, k, w.fmt,
+                                    bias is not None, residual is not None)
+        return out
+    # 16-bit weights are read as u32 words, eight values per 16-byte load
+    data = w.data.bitview(tt.u32) if w.fmt in ("f16", "bf16") else w.data
+    sg = x.device.caps.subgroup_size
     block = max(64, sg)
-    rows = block // sg
-    data = w.data if w.fmt in ("f32", "q8_0", "q4_0", "q4_1") else w.data.bitview(tt.u32)
-    dummy = w.scales if w.scales is not None else data
+    rows_per_group = block // sg
     for m0 in range(0, m, MAX_GEMV_ROWS):
         mt = min(MAX_GEMV_ROWS, m - m0)
-        xs = x.view(m0 * k, (mt, k))
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
-        gemv_kernel[(n + rows - 1) // rows, block](
-            xs, data, dummy, w.mins if w.mins is not None else dummy,
-            bias if bias is not None else ys, rs, ys, n, k, mt, w.fmt, block, bias is not None,
-            residual is not None)
+        gemv_kernel[-(-n // rows_per_group), block](
+            x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, w.fmt, block,
+            bias is not None, residual is not None)
     return out
