@@ -122,19 +122,20 @@ def combine_splits_kernel(part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32],
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, n_kv: int,
                      out: Tensor | None = None, window: int = 0, scale: float | None = None,
-                     chunk: int = 512) -> Tensor:
+                     chunk: int = 512, longest: int | None = None) -> Tensor:
     """One query token per sequence over its whole KV history.
 
-    q: [B, H, D]; k_cache, v_cache: [B, max_len, n_kv, D]; lengths: [B] i32 (valid tokens).
-    Long histories are split into chunks of `chunk` keys attended in parallel, then combined.
+    q: [B, H, D]; k_cache, v_cache: [B, max_len, n_kv, D]; lengths: [B] i32 (valid tokens);
+    `longest` bounds the lengths (default: max_len) and sets how many chunks of `chunk` keys are
+    attended in parallel before being combined.
     """
     bsz, n_heads, d = q.shape
     max_len = k_cache.shape[1]
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     dev = q.device
     sg = dev.caps.subgroup_size
-    block = max(sg, min(128, 4 * sg)) if sg > 1 else 64
-    n_splits = max(1, -(-max_len // chunk))
+    block = max(sg, min(128, 4 * sg)) if sg > 1 else 16
+    n_splits = max(1, -(-(longest or max_len) // chunk))
     part_o = dev.empty((bsz * n_heads * n_splits, d), tt.f32)
     part_ml = dev.empty((bsz * n_heads * n_splits, 2), tt.f32)
     out = out if out is not None else dev.empty(q.shape, tt.f32)

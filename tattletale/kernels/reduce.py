@@ -25,8 +25,8 @@ def block_reduce(v, BLOCK, OP):
             part[tt.subgroup_id()] = r
         tt.barrier()
         t = tt.local_id(0)
-        for k in tt.static_range(NSG.bit_length() - 1):
-            stride = NSG >> (k + 1)
+        stride = tt.i32(NSG // 2)
+        while stride > 0:  # a loop, not unrolled: one barrier keeps CPU compilers (PoCL) fast
             if t < stride:
                 if OP == "sum":
                     part[t] += part[t + stride]
@@ -35,6 +35,7 @@ def block_reduce(v, BLOCK, OP):
                 else:
                     part[t] = min(part[t], part[t + stride])
             tt.barrier()
+            stride = stride // 2
         r = part[0]
         tt.barrier()  # part may be reused by the caller's next reduction
     return r

@@ -76,7 +76,7 @@ def sample_kernel(logits: tt.Buffer[tt.f32], probs: tt.Buffer[tt.f32], temperatu
     if k > 0 and k < vocab:
         a = lo
         b = 1.0
-        for _ in tt.static_range(STEPS):
+        for _ in range(STEPS):
             mid = 0.5 * (a + b)
             c = 0.0
             for i in range(tid, vocab, BLOCK):
@@ -97,7 +97,7 @@ def sample_kernel(logits: tt.Buffer[tt.f32], probs: tt.Buffer[tt.f32], temperatu
         target = block_sum(z, BLOCK) * tp
         a = lo
         b = 1.0
-        for _ in tt.static_range(STEPS):
+        for _ in range(STEPS):
             mid = 0.5 * (a + b)
             c = 0.0
             for i in range(tid, vocab, BLOCK):
@@ -121,12 +121,13 @@ def sample_kernel(logits: tt.Buffer[tt.f32], probs: tt.Buffer[tt.f32], temperatu
     scan = tt.shared((BLOCK,), tt.f32)
     scan[tid] = mass
     tt.barrier()
-    for step in tt.static_range(BLOCK.bit_length() - 1):  # inclusive prefix sum
-        off = 1 << step
+    off = 1
+    while off < BLOCK:  # inclusive prefix sum (Hillis-Steele)
         add = scan[tid - off] if tid >= off else 0.0
         tt.barrier()
         scan[tid] += add
         tt.barrier()
+        off *= 2
     total = scan[BLOCK - 1]
     r = hash_u32(seed[row] ^ hash_u32(counter[row] + 1013904223))
     u = tt.f32(r >> 8) * (1.0 / 16777216.0) * total

@@ -1,0 +1,1 @@
+"""Generation engines: single-sequence `LLM` now; continuous batching next."""

@@ -1,0 +1,150 @@
+"""`tt.LLM`: load a model on a device and generate text, streamed or whole.
+
+One sequence at a time, with its KV cache kept between calls: a new prompt that starts with the
+tokens already in the cache (a chat's history) only computes the new part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import tattletale as tt
+from tattletale.kernels.sampling import SamplingParams, sample
+from tattletale.models import open_model, resolve
+from tattletale.models.llama import LlamaModel
+from tattletale.models.tokenizer import render_chat
+
+
+class ContextOverflow(ValueError):
+    """The prompt (plus at least one generated token) does not fit in the context."""
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tps(self) -> float:
+        computed = self.prompt_tokens - self.reused_tokens
+        return computed / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        n = self.generated_tokens - 1  # the first token comes out of the prefill
+        return n / self.decode_s if self.decode_s > 0 and n > 0 else 0.0
+
+
+@dataclass
+class Generation:
+    text: str
+    ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    stats: Stats = field(default_factory=Stats)
+
+
+class LLM:
+    """A model loaded on a device.
+
+    >>> llm = tt.LLM()                    # the bundled SmolLM2-135M-Instruct, fastest device
+    >>> llm.generate("The capital of France is", max_tokens=8, temperature=0).text
+    """
+
+    def __init__(self, model: str | None = None, backend: str | None = None, device_index: int = 0,
+                 max_context: int | None = None, progress: bool = False):
+        self.path = resolve(model)
+        self.file = open_model(self.path)
+        self.device = tt.device(backend, device_index) if backend else tt.device()
+        self.tokenizer = self.file.tokenizer()
+        self.template = self.file.chat_template()
+        self.model = LlamaModel(self.device, self.file, progress=progress)
+        self.config = self.model.cfg
+        self.max_context = min(max_context or self.config.max_positions, self.config.max_positions)
+        self.cache = self.model.new_cache(self.max_context)
+        self.cached_ids: list[int] = []  # the tokens whose K/V the cache holds
+        eos = set(self.config.eos_token_ids)
+        for name in (self.tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+            tid = self.tokenizer.token_id(name)
+            if tid is not None and name in (self.tokenizer.eos_token, "<|im_end|>", "<|eot_id|>"):
+                eos.add(tid)
+        self.eos_ids = eos
+        self.stats = Stats()
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation rendered with the model's chat template."""
+        if not self.template:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        else:
+            text = render_chat(self.template, messages, self.tokenizer)
+        return self.tokenizer.encode(text, add_special=not self.template)
+
+    def stream(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int | None = None,
+               repetition_penalty: float = 1.0, stop: list[str] | None = None,
+               ignore_eos: bool = False) -> Iterator[str]:
+        """Yield text pieces as tokens are generated; `self.stats` describes the run afterwards."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        if len(ids) + 1 > self.max_context:
+            raise ContextOverflow(f"the prompt has {len(ids)} tokens; the context holds "
+                                  f"{self.max_context}")
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty,
+                                seed=seed if seed is not None else int(np.random.randint(2**31)))
+        stats = self.stats = Stats(prompt_tokens=len(ids))
+        # re-use the cached prefix (at least one prompt token must run to produce logits)
+        common = 0
+        for a, b in zip(self.cached_ids, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        self.cache.length = common
+        self.cached_ids = self.cached_ids[:common]
+        stats.reused_tokens = common
+        t0 = time.perf_counter()
+        logits = self.model.forward(ids[common:], self.cache)
+        self.cached_ids = list(ids)
+        generated: list[int] = []
+        decoder = self.tokenizer.stream()
+        text = ""
+        finish = "length"
+        for step in range(max_tokens):
+            history = ids + generated if repetition_penalty != 1.0 else None
+            token = int(sample(logits, [params], [step], [history] if history else None)[0])
+            if step == 0:
+                stats.prefill_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            generated.append(token)
+            stats.generated_tokens = len(generated)
+            if token in self.eos_ids and not ignore_eos:
+                finish = "stop"
+                break
+            piece = decoder.push(token)
+            text += piece
+            if stop and any(s in text for s in stop):
+                cut = min(text.index(s) for s in stop if s in text)
+                piece = piece[: max(0, len(piece) - (len(text) - cut))]
+                if piece:
+                    yield piece
+                finish = "stop"
+                break
+            if piece:
+                yield piece
+            if step + 1 == max_tokens or len(self.cached_ids) + 1 >= self.max_context:
+                break
+            logits = self.model.forward([token], self.cache)
+            self.cached_ids.append(token)
+        stats.decode_s = time.perf_counter() - t0
+        self.last_ids, self.finish_reason = generated, finish
+
+    def generate(self, prompt: str | list[int], **kwargs) -> Generation:
+        text = "".join(self.stream(prompt, **kwargs))
+        return Generation(text, self.last_ids, self.finish_reason, self.stats)

@@ -1,0 +1,105 @@
+"""Model hyper-parameters, read from an HF `config.json` or from GGUF metadata.
+
+Architectures of the Llama family differ in a handful of switches, expressed here as data so one
+model definition (llama.py) serves them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# architecture name (HF `model_type` / GGUF `general.architecture`) -> family switches
+ARCHITECTURES = {
+    "llama": {},
+    "mistral": {},
+    "smollm": {},
+    "qwen2": {"attention_bias": True, "gguf_neox": True},
+    "qwen3": {"qk_norm": True, "gguf_neox": True},
+}
+
+
+class UnsupportedModel(ValueError):
+    """The model's architecture or one of its tensors is not supported."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    hidden: int
+    intermediate: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int = 4096
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    rms_eps: float = 1e-5
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int = 0
+    rope_neox: bool = True  # half-split rotation (HF); GGUF Llama weights are permuted for pairs
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def _family(arch: str) -> dict:
+        if arch not in ARCHITECTURES:
+            raise UnsupportedModel(f"unsupported architecture {arch!r}; supported: "
+                                   f"{', '.join(sorted(ARCHITECTURES))}")
+        return ARCHITECTURES[arch]
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> ModelConfig:
+        arch = cfg.get("model_type", "llama")
+        fam = cls._family(arch)
+        n_heads = cfg["num_attention_heads"]
+        eos = cfg.get("eos_token_id")
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else 0
+        return cls(
+            arch=arch, hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
+            n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+            vocab=cfg["vocab_size"], max_positions=cfg.get("max_position_embeddings", 4096),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=cfg.get("rope_scaling"),
+            rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", fam.get("attention_bias", False))),
+            qk_norm=fam.get("qk_norm", False), sliding_window=int(window or 0), rope_neox=True,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=list(eos) if isinstance(eos, list) else ([eos] if eos is not None else []),
+        )
+
+    @classmethod
+    def from_gguf(cls, meta: dict, has_output: bool) -> ModelConfig:
+        arch = meta.get("general.architecture", "llama")
+        fam = cls._family(arch)
+
+        def get(key, default=None):
+            return meta.get(f"{arch}.{key}", default)
+
+        hidden = int(get("embedding_length"))
+        n_heads = int(get("attention.head_count"))
+        scaling = None
+        kind = get("rope.scaling.type")
+        if kind in ("linear", "yarn") or get("rope.scaling.factor"):
+            scaling = {"rope_type": kind or "linear", "factor": float(get("rope.scaling.factor", 1.0))}
+        vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        return cls(
+            arch=arch, hidden=hidden, intermediate=int(get("feed_forward_length")),
+            n_layers=int(get("block_count")), n_heads=n_heads,
+            n_kv_heads=int(get("attention.head_count_kv", n_heads)),
+            head_dim=int(get("attention.key_length", hidden // n_heads)), vocab=int(vocab),
+            max_positions=int(get("context_length", 4096)),
+            rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
+            rms_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            tie_embeddings=not has_output, attention_bias=fam.get("attention_bias", False),
+            qk_norm=fam.get("qk_norm", False), sliding_window=0,
+            rope_neox=fam.get("gguf_neox", False),
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_ids=[int(eos)] if eos is not None else [],
+        )
