@@ -15,6 +15,7 @@ from tattletale.runtimes import Tensor
 from .quant import Weight, dequant_element, half_hi, half_lo, nibble, sbyte
 
 MAX_GEMV_ROWS = 16
+CPU_LANES = 16  # threads per output feature on devices without subgroups (tuned on PoCL)
 GEMM_TILE = 64  # BM = BN; 16×16 threads, each computing a 4×4 block of outputs
 GEMM_BK = 32  # one quantization block of K per step
 
@@ -27,24 +28,29 @@ def dot4(xv, a, b, c, d):
 @tt.kernel
 def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
                 bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, N: tt.i32, K: tt.i32,
-                M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr, HAS_BIAS: tt.constexpr,
-                HAS_RESIDUAL: tt.constexpr):
+                M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr, LANES: tt.constexpr,
+                HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
+    """LANES consecutive threads share output feature n: lane j reads chunks j, j+LANES, … of
+    W's row, so neighbouring threads read neighbouring memory (coalesced on GPUs, vectorized
+    across work-items by CPU OpenCL). Partial sums meet in a subgroup reduction when LANES is
+    the subgroup size, through shared memory otherwise."""
     SG = tt.subgroup_size()
-    lane = tt.subgroup_local_id()
-    n = tt.group_id(0) * (BLOCK // SG) + tt.subgroup_id()
+    tid = tt.local_id(0)
+    lane = tid % LANES
+    n = tt.group_id(0) * (BLOCK // LANES) + tid // LANES
+    acc = tt.array((M,), tt.f32)
+    for m in tt.static_range(M):
+        acc[m] = 0.0
     if n < N:
-        acc = tt.array((M,), tt.f32)
-        for m in tt.static_range(M):
-            acc[m] = 0.0
         K4 = K // 4
         if FMT == "f32":
-            for c in range(lane, K4, SG):  # 4 elements per chunk
+            for c in range(lane, K4, LANES):  # 4 elements per chunk
                 wv = tt.vload(w, n * K4 + c, 4)
                 for m in tt.static_range(M):
                     acc[m] += dot4(tt.vload(x, m * K4 + c, 4), wv.x, wv.y, wv.z, wv.w)
         elif FMT == "f16" or FMT == "bf16":
             BF = FMT == "bf16"
-            for c in range(lane, K // 8, SG):  # 8 elements: four u32 words
+            for c in range(lane, K // 8, LANES):  # 8 elements: four u32 words
                 q = tt.vload(w, n * (K // 8) + c, 4)
                 for m in tt.static_range(M):
                     x0 = tt.vload(x, m * K4 + 2 * c, 4)
@@ -55,7 +61,7 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                                    half_hi(q.w, BF))
         else:
             NB = K // 32
-            for b in range(lane, NB, SG):  # one 32-element block per step
+            for b in range(lane, NB, LANES):  # one 32-element block per step
                 d = tt.f32(scales[n * NB + b])
                 if FMT == "q8_0":
                     q0 = tt.vload(w, (n * NB + b) * 2, 4)
@@ -87,14 +93,25 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                             acc[m] += d * (s - 8.0 * sx)
                         else:
                             acc[m] += d * s + tt.f32(mins[n * NB + b]) * sx
+    if LANES != SG:
+        red = tt.shared((M, BLOCK), tt.f32)
         for m in tt.static_range(M):
+            red[m, tid] = acc[m]
+        tt.barrier()
+    for m in tt.static_range(M):
+        if LANES == SG:
             total = tt.subgroup_sum(acc[m])
+        else:
+            total = 0.0
             if lane == 0:
-                if HAS_BIAS:
-                    total += bias[n]
-                if HAS_RESIDUAL:
-                    total += residual[m * N + n]
-                y[m * N + n] = total
+                for j in tt.static_range(LANES):
+                    total += red[m, tid + j]
+        if lane == 0 and n < N:
+            if HAS_BIAS:
+                total += bias[n]
+            if HAS_RESIDUAL:
+                total += residual[m * N + n]
+            y[m * N + n] = total
 
 
 @tt.kernel
@@ -181,13 +198,14 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     # 16-bit weights are read as u32 words, eight values per 16-byte load
     data = w.data.bitview(tt.u32) if w.fmt in ("f16", "bf16") else w.data
     sg = x.device.caps.subgroup_size
-    block = max(64, sg)
-    rows_per_group = block // sg
+    lanes = sg if sg > 1 else CPU_LANES
+    block = max(64, lanes)
+    rows_per_group = block // lanes
     for m0 in range(0, m, MAX_GEMV_ROWS):
         mt = min(MAX_GEMV_ROWS, m - m0)
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
         gemv_kernel[-(-n // rows_per_group), block](
             x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, w.fmt, block,
-            bias is not None, residual is not None)
+            lanes, bias is not None, residual is not None)
     return out
