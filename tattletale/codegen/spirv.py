@@ -17,9 +17,13 @@ Design (the whys):
   atomics, integer division, subgroup operations) become selection constructs with an OpPhi.
 - **Locals** are Function-storage variables in the entry block; parameters, builtins and base
   pointers are loaded once in the entry block (the "preamble") and so dominate every use.
-- **Rounding**: values reaching 16-bit memory are already rounded by a `Cast`, so stores convert
-  exactly; a Cast to f16 uses OpFConvert under the RoundingModeRTE execution mode when the device
-  guarantees it, else integer arithmetic; bf16 always rounds with integer arithmetic.
+- **Rounding**: a Cast to f16/bf16 rounds with integer arithmetic (drivers fold OpFConvert pairs);
+  a store to f16 memory skips that Cast and converts with OpFConvert under the RoundingModeRTE
+  execution mode where the device guarantees it; otherwise stored values are already rounded.
+- **Math**: GLSL.std.450 where it is accurate; sin, cos and tanh (hardware approximations on
+  NVIDIA) and erf, and every 64-bit transcendental (GLSL.std.450 has none), in software.
+- **Vector accesses** are one access of the whole vector, aligned to its size as in CUDA: tensor
+  views passed to tt.vload/tt.vstore must start at a multiple of it (the runtime checks).
 - **Debug info**: OpString/OpLine carry the Python file and line of every statement, so the
   `spirv-dis` listing (`kernel.source("vulkan")`) reads against the kernel's source.
 """
@@ -112,7 +116,7 @@ class VulkanCaps(Caps):
 class PushField:
     """One push-constant member: the runtime parameter (index into `params`) or the grid."""
 
-    slot: int  # index into SpirvModule.params; -1 for the grid (3 × u32)
+    slot: int  # index into SpirvModule.params; -1, -2, -3: the grid's x, y, z (u32 each)
     offset: int
     fmt: str  # struct-module format: "Q" address, "I" byte offset, or the scalar's format
 
@@ -127,6 +131,7 @@ class SpirvModule(Generated):
     push_fields: list[PushField] = field(default_factory=list)
     bindings: int = 0  # descriptor mode: storage-buffer bindings 0..n-1, one per buffer param
     subgroups: bool = False  # uses subgroup operations (the pipeline pins the subgroup size)
+    vector_align: dict[int, int] = field(default_factory=dict)  # param → bytes its view needs
 
     def annotate_log(self, log: str) -> str:
         """After each message naming an instruction ("line N:"), the Python line behind it."""
@@ -288,6 +293,7 @@ class _Printer:
         self.files: dict[str, int] = {}
         self.last_line: tuple | None = None
         self.line_locs: list[ir.Loc] = []  # of each OpLine, in emission order
+        self.vector_align: dict[int, int] = {}
         self.bits_arrays = self._bits_arrays()
 
     # --- types and constants --------------------------------------------------------------------
@@ -444,7 +450,8 @@ class _Printer:
         binary = self.m.binary(entry, function)
         return SpirvModule(disassemble(binary), self.k.name, params, self._line_map(binary),
                            binary=binary, push_size=self.push_size, push_fields=self.push_fields,
-                           bindings=self.nbindings, subgroups=self.subgroups)
+                           bindings=self.nbindings, subgroups=self.subgroups,
+                           vector_align=self.vector_align)
 
     def _line_map(self, binary: bytes) -> dict[int, ir.Loc]:
         """Instruction number of each OpLine → its Python location."""
@@ -618,11 +625,27 @@ class _Printer:
 
     def s_Store(self, s: ir.Store) -> None:
         i = self.expr(s.index)
-        self.store(s.var, i, s.index.type, self.expr(s.value))
+        self.store(s.var, i, s.index.type, self.expr(self._stored(s.var, s.value)))
 
     def s_VecStore(self, s: ir.VecStore) -> None:
         i = self.expr(s.index)
-        self.vstore(s.var, i, s.index.type, s.value.type.lanes, self.expr(s.value))
+        self.vstore(s.var, i, s.index.type, s.value.type.lanes, self.expr(self._stored(s.var, s.value)))
+
+    def _stored(self, var: ir.Var, value: ir.Expr) -> ir.Expr:
+        """The value to store: f16 memory written by OpFConvert under RoundingModeRTE rounds by
+        itself, so the Cast that rounds the f32 value (or each lane's) is skipped."""
+        native = self.array_elem(var)[1] == "narrow" if isinstance(var.type, T.ArrayType) \
+            else self.caps.bda and self.caps.storage16
+        if var.type.elem != T.f16 or not (native and self.caps.rte16):
+            return value
+
+        def unrounded(x: ir.Expr) -> ir.Expr:
+            ok = isinstance(x, ir.Cast) and x.to == T.f16 and x.operand.type == T.f32
+            return x.operand if ok else x
+
+        if isinstance(value, ir.MakeVec):
+            return ir.MakeVec(value.vtype, [unrounded(x) for x in value.elems])
+        return unrounded(value)
 
     def s_ExprStmt(self, s: ir.ExprStmt) -> None:
         self.expr(s.expr)
@@ -735,7 +758,7 @@ class _Printer:
     _FARITH = {"+": "FAdd", "-": "FSub", "*": "FMul", "/": "FDiv", "%": "FRem"}
     _IARITH = {"+": "IAdd", "-": "ISub", "*": "IMul", "<<": "ShiftLeftLogical", "&": "BitwiseAnd",
                "|": "BitwiseOr", "^": "BitwiseXor"}
-    _SIGNED = {"/": ("SDiv", "UDiv"), "%": ("SRem", "UMod"),
+    _SIGNED = {"/": ("SDiv", "UDiv"), "%": (None, "UMod"),
                ">>": ("ShiftRightArithmetic", "ShiftRightLogical")}
     _BOOL_OPS = {"==": "LogicalEqual", "!=": "LogicalNotEqual", "&": "LogicalAnd", "|": "LogicalOr",
                  "^": "LogicalNotEqual"}
@@ -754,11 +777,14 @@ class _Printer:
             a, b, t = self.cast(a, t, T.u32), self.cast(b, t, T.u32), T.u32  # false < true
         if op in self._FCMP:
             return self.compare(op, t, a, b)
+        rt = self.reg(e.type)
+        if op == "%" and t.is_signed:  # OpSRem is undefined for negative operands in Vulkan
+            return self.op("ISub", rt, a, self.op("IMul", rt, self.op("SDiv", rt, a, b), b))
         if t.is_float:
             name = self._FARITH[op]
         else:
             name = self._IARITH.get(op) or self._SIGNED[op][0 if t.is_signed else 1]
-        return self.op(name, self.reg(e.type), a, b)
+        return self.op(name, rt, a, b)
 
     def short_circuit(self, is_and: bool, a: int, rhs: ir.Expr) -> int:
         """`a and rhs` / `a or rhs` evaluating rhs only when needed: a selection and an OpPhi."""
@@ -838,12 +864,8 @@ class _Printer:
         return v
 
     def round16(self, t: T.ScalarType, r: int) -> int:
-        """An f32 rounded (to nearest even) to f16 or bf16, still as an f32."""
-        if t == T.f16 and self.caps.rte16 and (self.caps.float16 or self.caps.storage16):
-            if not self.caps.float16:
-                self.m.cap("StorageBuffer16BitAccess")
-            self.rte16 = True
-            return self.op("FConvert", self.f32, self.op("FConvert", self.t_float(16), r))
+        """An f32 rounded (to nearest even) to f16 or bf16, still as an f32. Integer arithmetic:
+        drivers fold an OpFConvert to f16 and back into nothing (NVIDIA does)."""
         u32, cu = self.u32, self.cu
         u = self.op("Bitcast", u32, r)
         if t == T.bf16:
@@ -1018,6 +1040,10 @@ class _Printer:
                 return self.op("FRem", rt, *args)  # the sign of the dividend, as C's fmod
             if t.bits == 64 and e.name in self._F64_SOFT:  # GLSL.std.450 has only 32-bit ones
                 return getattr(self, self._F64_SOFT[e.name])(*args)
+            if e.name in ("sin", "cos"):
+                return self.sincos32(args[0], e.name == "cos")
+            if e.name == "tanh":
+                return self.tanh32(args[0])
             if e.name == "erf":
                 return self.erf(args[0])
             if e.name == "pow":
@@ -1050,6 +1076,49 @@ class _Printer:
         neg = self.op("FOrdLessThan", b, x, self.cf(0.0))
         large = self.op("Select", f, neg, self.op("FNegate", f, large), large)
         return self.op("Select", f, self.op("FOrdLessThan", b, ax, self.cf(1.0)), small, large)
+
+    def sincos32(self, x: int, cos: bool) -> int:
+        """sin/cos in f32 within 2 ulp (GLSL's Sin/Cos are coarse hardware approximations on
+        NVIDIA): r = x − k·π/2, then series on [-π/4, π/4]. The reduction is exact in f64 (π/2 in
+        two parts, the first of 32 bits: exact products); without f64, in f32 with π/2 in three
+        parts and fused multiply-adds (lavapipe does not fuse them; GPUs do)."""
+        f, i32 = self.f32, self.i32
+        if self.caps.float64:
+            d = self.t_float(64)
+            xd = self.op("FConvert", d, x)
+            scaled = self._d("FMul", xd, self._dc(2 / math.pi))
+            k = self.ext("Floor", d, self._d("FAdd", scaled, self._dc(0.5)))
+            rd = xd
+            for part in _PIO2[:2]:
+                rd = self._d("FSub", rd, self._d("FMul", k, self._dc(part)))
+            r = self.op("FConvert", f, rd)
+        else:
+            k = self.ext("Floor", f, self.ext("Fma", f, x, self.cf(2 / math.pi), self.cf(0.5)))
+            nk, r = self.op("FNegate", f, k), x
+            for part in _PIO2_F32:
+                r = self.ext("Fma", f, nk, self.cf(part), r)
+        r2 = self.op("FMul", f, r, r)
+        sin, cos_r = self.op("FMul", f, r, self._poly(r2, _SIN32)), self._poly(r2, _COS32)
+        q = self.op("IAdd", i32, self.op("ConvertFToS", i32, k), self.const(T.i32, int(cos)))
+
+        def bit(v: int) -> int:
+            return self.op("INotEqual", self.bool, self.op("BitwiseAnd", i32, q, self.const(T.i32, v)),
+                           self.const(T.i32, 0))
+
+        v = self.op("Select", f, bit(1), cos_r, sin)
+        return self.op("Select", f, bit(2), self.op("FNegate", f, v), v)
+
+    def tanh32(self, x: int) -> int:
+        """tanh in f32: a series below 0.55, else 1 − 2/(e^2|x| + 1) (GLSL's Tanh is coarse)."""
+        f, b = self.f32, self.bool
+        a = self.ext("FAbs", f, x)
+        e = self.ext("Exp", f, self.op("FMul", f, a, self.cf(2.0)))
+        tail = self.op("FDiv", f, self.cf(2.0), self.op("FAdd", f, e, self.cf(1.0)))
+        big = self.op("FSub", f, self.cf(1.0), tail)
+        neg = self.op("FOrdLessThan", b, x, self.cf(0.0))
+        big = self.op("Select", f, neg, self.op("FNegate", f, big), big)
+        small = self.op("FMul", f, x, self._poly(self.op("FMul", f, x, x), _TANH_SERIES))
+        return self.op("Select", f, self.op("FOrdLessThan", b, a, self.cf(0.55)), small, big)
 
     def pow(self, x: int, y: int, f64: bool = False) -> int:
         """C's pow: GLSL's Pow is undefined for x < 0 and x = y = 0 (and 32-bit only)."""
@@ -1178,7 +1247,7 @@ class _Printer:
         e = self.exp64(self._d("FMul", a, self._dc(-2.0)))
         t = self._d("FDiv", self._d("FSub", self._dc(1.0), e), self._d("FAdd", self._dc(1.0), e))
         t = self.op("Select", f, self.op("FOrdLessThan", b, x, self._dc(0.0)), self._d("FNegate", t), t)
-        small = self._d("FMul", x, self._horner64(self._d("FMul", x, x), _TANH64))
+        small = self._d("FMul", x, self._horner64(self._d("FMul", x, x), _TANH_SERIES[:6]))
         return self.op("Select", f, self.op("FOrdLessThan", b, a, self._dc(0.0625)), small, t)
 
     def erf64(self, x: int) -> int:
@@ -1271,6 +1340,7 @@ class _Printer:
         if t.is_bool:
             return self.op("UConvert", st, self.op("Select", self.u32, r, self.cu(1), self.cu(0)))
         if t == T.f16:
+            self.rte16 |= self.caps.rte16
             return self.op("FConvert", st, r)
         if t == T.bf16:
             bits = self.op("ShiftRightLogical", self.u32, self.op("Bitcast", self.u32, r), self.cu(16))
@@ -1343,9 +1413,15 @@ class _Printer:
         rt = self.reg(it)
         return self.op("IAdd", rt, self.op("IMul", rt, i, self.const(it, lanes)), self.const(it, k))
 
+    def _aligned(self, var: ir.Var, lanes: int) -> None:
+        """Note that the view passed for `var` must be aligned to the vector (on every device)."""
+        slot = self.k.params.index(var)
+        self.vector_align[slot] = max(self.vector_align.get(slot, 1), lanes * var.type.elem.itemsize)
+
     def vload(self, var: ir.Var, i: int, it: T.ScalarType, lanes: int) -> int:
         """Elements i*lanes … i*lanes+lanes-1: one aligned vector access where memory is typed."""
         e = var.type.elem
+        self._aligned(var, lanes)
         vt = self.reg(T.VectorType(e, lanes))
         if not self._native(var):
             elems = [self._load_words(var, self._lane_index(i, it, lanes, k), it) for k in range(lanes)]
@@ -1360,6 +1436,7 @@ class _Printer:
 
     def vstore(self, var: ir.Var, i: int, it: T.ScalarType, lanes: int, v: int) -> None:
         e = var.type.elem
+        self._aligned(var, lanes)
         re = self.reg(e)
         if not self._native(var):
             for k in range(lanes):
@@ -1440,7 +1517,11 @@ _EXP64 = [1 / math.factorial(n) for n in range(14)]
 _LOG64 = [2 / (2 * n + 1) for n in range(11)]  # log(m) = s·Σ 2s²ⁿ/(2n+1), s = (m-1)/(m+1)
 _SIN64 = [(-1) ** n / math.factorial(2 * n + 1) for n in range(9)]
 _COS64 = [(-1) ** n / math.factorial(2 * n) for n in range(10)]
-_TANH64 = [1, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925]
+_PIO2_F32 = (1.5707963705062866, -4.371138828673793e-08, -1.7151245100058819e-15)  # f32 parts
+_SIN32 = [(-1) ** n / math.factorial(2 * n + 1) for n in range(7)]
+_COS32 = [(-1) ** n / math.factorial(2 * n) for n in range(8)]
+_TANH_SERIES = [1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925, 0.003592128036572481,
+                -0.0014558343870513183, 0.000590027440945586, -0.00023912911424355248]  # Bernoulli
 _ERF64 = [2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(39)]
 _STRUCT_FMT = {"f32": "f", "f64": "d", "i32": "i", "u32": "I", "i64": "q", "u64": "Q"}
 _ERF_TAYLOR = [2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(11)]

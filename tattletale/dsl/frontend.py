@@ -39,8 +39,10 @@ class SourceInfo:
 
     def loc(self, node: ast.AST) -> ir.Loc:
         line = getattr(node, "lineno", 1)
-        col = getattr(node, "col_offset", 0) + self.col_offset
         text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        # ast columns count UTF-8 bytes; carets count characters
+        col = getattr(node, "col_offset", 0) + self.col_offset
+        col = len(text.encode()[:col].decode(errors="ignore"))
         return ir.Loc(self.file, line + self.first_line - 1, col, text)
 
 
@@ -64,6 +66,9 @@ class _InlineFrame:
     loop_depth: int = 0
     needs_exit: bool = False  # a `return` before the end: the body is wrapped in a one-shot loop
     branch_depth: int = 0  # runtime `if`s around the statement being lowered
+    # While every return so far gave a Python number: those assignments and their values, so a
+    # later typed return can retype them (`return 0` ... `return x` returns x's type).
+    literal_returns: list[tuple[ir.Assign, Any]] | None = field(default_factory=list)
 
 
 @dataclass
@@ -917,12 +922,17 @@ class KernelBuilder:
 
     def _bind_param(self, v, arg: ast.arg, scope: _Scope, node):
         """Arguments of an inlined function: memory and compile-time values alias, scalars copy."""
+        assigned = scope.assign_counts.get(arg.arg, 0) > 0
+        if isinstance(v, Py) and assigned and isinstance(v.value, (bool, int, float)):
+            v = self.to_expr(v, node=node)  # a number the body reassigns: a variable, as for locals
         if isinstance(v, (Py, ir.Var)):
             return v
-        if scope.assign_counts.get(arg.arg, 0) == 0 and ir.is_pure(v) and isinstance(
-                v, (ir.Ref, ir.Const)):
+        if not assigned and ir.is_pure(v) and isinstance(v, (ir.Ref, ir.Const)):
             return v
-        var = self.new_var(arg.arg, v.type)
+        t = v.type
+        if isinstance(t, T.ScalarType) and t.is_float and t.bits == 16:
+            t, v = T.f32, self.cast(v, T.f32)  # 16-bit values compute in f32, as in kernels
+        var = self.new_var(arg.arg, t)
         self.emit(ir.Assign(var, v))
         return var
 
@@ -1166,6 +1176,9 @@ class KernelBuilder:
             if not at.is_int:
                 raise self.error(f"range() needs integers, got {at}", it)
             t = T.promote(t, at)
+        if not t.is_signed and any(isinstance(a, Py) and isinstance(a.value, int) and a.value < 0
+                                   for a in args) and t.bits < 64:
+            t = T.i64  # range(n - 1, -1, -1) with an unsigned n counts down past zero
         start, stop, step = (self.cast(self.to_expr(a, t, it), t) for a in args)
         if isinstance(step, ir.Const) and step.value == 0:
             raise self.error("range() step must not be zero", it)
@@ -1178,9 +1191,10 @@ class KernelBuilder:
             var = self.new_var(name, t)
             self._scope.names[name] = var
         counter = var
-        if _assigns_name(node.body, name):
+        if _assigns_name(node.body, name) or _read_outside(self._scope.fn.tree, node, name):
             # Python's range() hands out the next value whatever the body did to the loop
-            # variable: iterate a hidden counter and copy it into the variable.
+            # variable, and leaves it at the last value handed out (C's loop variable ends one
+            # step past it): iterate a hidden counter and copy it into the variable.
             counter = self.new_var(f"{name}_iter", t)
         loc = self._loc
         body = self._loop_body(node.body)
@@ -1259,13 +1273,7 @@ class KernelBuilder:
             self._terminated = True
             return
         if node.value is not None:
-            v = self.expr(node.value)
-            e = self.to_expr(v, node=node)
-            if frame.result is None:
-                frame.result = self.new_var("ret", e.type)
-            e = self.cast(self._assignable(e, frame.result.type, node), frame.result.type) \
-                if isinstance(e.type, T.ScalarType) else e
-            self.emit(ir.Assign(frame.result, e))
+            self._return_value(frame, self.expr(node.value), node)
         self._terminated = True
         if frame.loop_depth > 0:
             if frame.done is None:
@@ -1275,6 +1283,33 @@ class KernelBuilder:
             return  # nothing after it is lowered: the value is simply the function's result
         frame.needs_exit = True
         self.emit(ir.Break())
+
+    def _return_value(self, frame: _InlineFrame, v, node: ast.Return) -> None:
+        """Assign a returned value to the function's result variable. Python numbers are weakly
+        typed, as in arithmetic: the result has the type of the typed returns."""
+        literal = isinstance(v, Py) and isinstance(v.value, (bool, int, float))
+        e = self.to_expr(v, node=node)
+        result = frame.result
+        if result is None:
+            result = frame.result = self.new_var("ret", e.type)
+        elif frame.literal_returns and isinstance(e.type, T.ScalarType) and e.type != result.type:
+            new = T.promote(result.type, e.type)  # two literals: int and float → f32
+            if not literal and (e.type.is_float or not result.type.is_float):
+                new = e.type  # the typed return decides
+            result.type = new
+            for assign, value in frame.literal_returns:
+                assign.value = self._convert_const(value, new)
+        elif literal and isinstance(result.type, T.ScalarType):
+            e = self.to_expr(v, result.type, node)
+        if isinstance(e.type, T.ScalarType):
+            e = self.cast(self._assignable(e, result.type, node), result.type)
+        assign = ir.Assign(result, e)
+        self.emit(assign)
+        if frame.literal_returns is not None:
+            if literal:
+                frame.literal_returns.append((assign, v.value))
+            else:
+                frame.literal_returns = None
 
     def _s_Assert(self, node: ast.Assert):
         cond = self.expr(node.test)
@@ -1309,6 +1344,19 @@ def _assigns_name(body: list[ast.stmt], name: str) -> bool:
     """Whether statements assign to `name` (plain, augmented, annotated or as a loop target)."""
     return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)
                for s in body for n in ast.walk(s))
+
+
+def _read_outside(tree: ast.AST, loop: ast.For, name: str) -> bool:
+    """Whether `name` is read anywhere in the function outside `loop`."""
+    todo = [tree]
+    while todo:
+        n = todo.pop()
+        if n is loop:
+            continue
+        if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load):
+            return True
+        todo.extend(ast.iter_child_nodes(n))
+    return False
 
 
 def _count_assignments(tree: ast.FunctionDef) -> dict[str, int]:

@@ -58,13 +58,17 @@ class ModelConfig:
         n_heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         window = cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else 0
+        # transformers ≥ 5 writes `rope_parameters` (with rope_theta inside); older `rope_scaling`
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+        scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None
         return cls(
             arch=arch, hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
             n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
             n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
             vocab=cfg["vocab_size"], max_positions=cfg.get("max_position_embeddings", 4096),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)), rope_scaling=cfg.get("rope_scaling"),
+            rope_theta=theta, rope_scaling=scaling,
             rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", fam.get("attention_bias", False))),

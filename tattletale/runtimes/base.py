@@ -218,7 +218,7 @@ class Device(ABC):
         gen = render(self.caps.target, ir_kernel, self.caps)
         return self._build(gen, [p.kind == "constexpr" for p in kernel.params])
 
-    def check_features(self, k) -> None:
+    def check_features(self, k) -> None:  # noqa: B027 - an optional hook, not abstract
         """Raise a clear error when the kernel needs something this device lacks."""
 
     def generated_source(self, kernel, **spec) -> str:
