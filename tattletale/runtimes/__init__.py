@@ -47,16 +47,37 @@ def devices() -> list[tuple[str, int, str]]:
     return out
 
 
+def _fastest() -> tuple[str, int]:
+    """The default device: CUDA, then a GPU through OpenCL or Vulkan, then the CPU through OpenCL;
+    probing stops at the first hit (creating a WebGPU adapter is slow, so it comes last)."""
+    from . import cuda, opencl, vulkan
+
+    if cuda.list_devices():
+        return "cuda", 0
+    cl_devs = opencl.list_devices()  # GPUs first
+    if cl_devs and opencl.is_gpu(cl_devs[0]):
+        return "opencl", 0
+    vk_devs = vulkan.list_devices()
+    for i, (_, props) in enumerate(vk_devs):
+        if vulkan.is_gpu(props):
+            return "vulkan", i
+    if cl_devs:
+        return "opencl", 0
+    if vk_devs:
+        return "vulkan", 0
+    found = devices()
+    if not found:
+        raise RuntimeError("no compute device found: install a GPU driver, or pocl-opencl-icd / "
+                           "mesa-vulkan-drivers for the CPU")
+    return found[0][0], found[0][1]
+
+
 def device(name: str | None = None, index: int = 0) -> Device:
-    """The device `index` of backend `name` ("cuda", "opencl"); with no name, the fastest present."""
+    """The device `index` of backend `name` (one of BACKENDS); with no name, the fastest present."""
     global _default
     if name is None:
         if _default is None:
-            avail = devices()
-            if not avail:
-                raise RuntimeError("no compute device found: install a GPU driver or an OpenCL ICD "
-                                   "such as pocl-opencl-icd")
-            _default = device(avail[0][0], avail[0][1])
+            _default = device(*_fastest())
         return _default
     key = (name, index)
     dev = _devices.get(key)

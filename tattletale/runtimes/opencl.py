@@ -29,7 +29,11 @@ def list_devices() -> list:
             devs.extend(p.get_devices())
         except Exception:
             continue
-    return sorted(devs, key=lambda d: 0 if d.type & _cl().device_type.GPU else 1)
+    return sorted(devs, key=lambda d: 0 if is_gpu(d) else 1)
+
+
+def is_gpu(d) -> bool:
+    return bool(d.type & _cl().device_type.GPU)
 
 
 class OpenCLEvent(Event):

@@ -1,20 +1,24 @@
 """WebGPU backend through wgpu-py (wgpu-native on Vulkan, Metal or D3D12; lavapipe on CPUs).
 
 naga compiles each kernel's WGSL (codegen/wgsl.py) once; a compute pipeline is made per block
-shape, which is an override constant of the module. Bind group 0 holds the buffers (bound whole
-from an aligned offset: a view's element offset goes into the uniform block), group 1 a 256-byte
-window of a uniform buffer holding scalars, offsets and the logical grid, chosen per dispatch by
-a dynamic offset.
+shape, which is an override constant of the module. Bind group 0 holds the buffers (bound from
+their view's start rounded down to the offset alignment: the rest of a view's element offset goes
+into the uniform block), group 1 a 256-byte window of a uniform buffer holding scalars, offsets
+and the logical grid, chosen per dispatch by a dynamic offset.
 
-Launches are batched: they queue up on the device and are encoded into one compute pass, one
-submission, when the host next touches memory, synchronizes, takes an event, or after
-`BATCH` launches; WebGPU orders dispatches of a pass and queue writes with submissions, so
-results are the same as launching one by one. A recording keeps its dispatches and its own
-uniform buffer and re-encodes them on each replay (WebGPU command buffers are single-use).
+Launches are batched: they queue up on the device and are encoded into compute passes of one
+submission when the host next touches memory, synchronizes or reads an event, or after `BATCH`
+launches. WebGPU orders the dispatches of a pass, and queue writes with submissions, so results
+are those of launching one by one. A recording keeps its launches (arguments fixed at record
+time) and a replay queues and submits them again: WebGPU command buffers are single-use.
 
-Events use timestamp queries written between passes where the adapter has
-`timestamp-query-inside-encoders` (wgpu-native on Vulkan, Metal, D3D12); elsewhere (browsers)
-an event waits for the queue and takes the host's clock, which adds the submission latency.
+Events are timestamp queries written between the queued launches, in the same submission, where
+the adapter has `timestamp-query-inside-encoders` (wgpu-native on Vulkan, Metal, D3D12).
+Elsewhere (browsers' WebGPU) an event waits for the queue and reads the host's clock, which adds
+the submission latency to what it measures.
+
+wgpu-native exposes no pipeline cache, so compiled kernels are not stored in tattletale's disk
+cache: naga translates WGSL in milliseconds, and drivers keep their own shader caches.
 """
 
 from __future__ import annotations
@@ -243,9 +247,7 @@ class WebGPURecording(Recording):
 
 class WebGPUDevice(Device):
     backend = "webgpu"
-    # wgpu-native exposes no pipeline cache, so nothing is stored in tattletale's compile cache:
-    # naga translates WGSL in milliseconds and drivers keep their own shader caches.
-    compile_cache = False
+    compile_cache = False  # see the module's docstring
 
     def __init__(self, index: int = 0):
         adapters = _adapters()
