@@ -27,6 +27,15 @@ from .runtimes import Device, Tensor, device, devices
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`tt.LLM` is imported on first use: kernels-only users never load the model stack."""
+    if name == "LLM":
+        from .engine.llm import LLM
+
+        return LLM
+    raise AttributeError(f"module 'tattletale' has no attribute {name!r}")
+
 __all__ = [
     "BackendCompileError", "CompileError", "Buffer", "Device", "Tensor", "bf16", "bool_",
     "constexpr", "device", "devices", "f16", "f32", "f64", "from_bf16_bits", "func", "i8", "i16",

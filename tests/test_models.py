@@ -3,6 +3,8 @@ architecture, saved with save_pretrained and loaded back through tattletale's HF
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,7 @@ def tiny_model(tmp_path, arch: str, overrides: dict, seed: int):
 
 @pytest.mark.parametrize("arch,overrides", CASES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(CASES)])
 def test_logits_and_greedy_match_hf(dev, tmp_path, arch, overrides):
-    seed = abs(hash((arch, str(overrides)))) % 1000
+    seed = zlib.crc32(f"{arch}{overrides}".encode()) % 1000
     hf = tiny_model(tmp_path, arch, overrides, seed)
     ours = LlamaModel(dev, open_model(tmp_path))
     rng = np.random.default_rng(seed)
@@ -58,16 +60,18 @@ def test_logits_and_greedy_match_hf(dev, tmp_path, arch, overrides):
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() / scale < 2e-4
 
-    # greedy continuation of 32 tokens, token for token
-    seq = tokens[:8]
-    with torch.no_grad():  # plain argmax over full forwards: no generate() special cases (EOS)
-        for _ in range(32):
-            seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
-    hf_ids = seq[8:]
+    # greedy continuation of 32 tokens, token for token: each of our choices must be HF's argmax
+    # for the same prefix, unless HF's two best logits are tied within float32 noise there
     cache = ours.new_cache(128)
     logits = ours.forward(tokens[:8], cache)
     ids = []
     for _ in range(32):
         ids.append(int(np.argmax(logits.numpy()[0])))
         logits = ours.forward([ids[-1]], cache)
-    assert ids == hf_ids
+    with torch.no_grad():
+        hf_logits = hf(torch.tensor([tokens[:8] + ids])).logits[0, 7:-1].double().numpy()
+    for step, (ours_id, row) in enumerate(zip(ids, hf_logits)):
+        best = int(row.argmax())
+        if ours_id != best:
+            margin = row[best] - row[ours_id]
+            assert margin < 1e-4 * np.abs(row).max(), f"step {step}: {ours_id} vs HF {best}"

@@ -71,6 +71,35 @@ def _upload(dev: Device, t: HostTensor) -> Weight:
     return Weight.from_gguf_blocks(dev, t.data, t.fmt, t.shape)
 
 
+def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
+    """(names, weight, vector) factories producing random weights of cfg's shapes on the device."""
+    from tattletale.kernels.random import fill_uniform_
+
+    hd = cfg.head_dim
+    shapes = {"token_embd": (cfg.vocab, cfg.hidden), "attn_q": (cfg.n_heads * hd, cfg.hidden),
+              "attn_k": (cfg.n_kv_heads * hd, cfg.hidden), "attn_v": (cfg.n_kv_heads * hd, cfg.hidden),
+              "attn_output": (cfg.hidden, cfg.n_heads * hd), "ffn_gate": (cfg.intermediate, cfg.hidden),
+              "ffn_up": (cfg.intermediate, cfg.hidden), "ffn_down": (cfg.hidden, cfg.intermediate)}
+    seed = iter(range(1, 1 << 30))
+
+    def weight(name: str) -> Weight:
+        n, k = shapes[name.rsplit(".", 1)[-1]]
+        bound = 1.0 / np.sqrt(k)
+        if fmt in ("f32", "f16", "bf16"):
+            data = fill_uniform_(dev.empty((n, k), fmt), next(seed), -bound, bound)
+            return Weight(fmt, (n, k), data)
+        words = fill_uniform_(dev.empty((n, k // (4 if fmt == "q8_0" else 8)), tt.u32), next(seed))
+        scales = fill_uniform_(dev.empty((n, k // 32), tt.f16), next(seed), 0.0, bound / 8)
+        mins = fill_uniform_(dev.empty((n, k // 32), tt.f16), next(seed), -bound, 0.0) \
+            if fmt == "q4_1" else None
+        return Weight(fmt, (n, k), words, scales, mins)
+
+    def vector(name: str) -> Tensor:
+        return fill_uniform_(dev.empty(cfg.hidden, tt.f32), next(seed), 0.9, 1.1)
+
+    return set(), weight, vector
+
+
 def _vector(dev: Device, t: HostTensor) -> Tensor:
     """Norm weights and biases, small: kept as f32."""
     data = t.data
@@ -82,39 +111,53 @@ def _vector(dev: Device, t: HostTensor) -> Tensor:
 
 
 class LlamaModel:
-    def __init__(self, dev: Device, model: ModelFile, progress: bool = False):
+    def __init__(self, dev: Device, model: ModelFile | None, progress: bool = False,
+                 config: ModelConfig | None = None, random_format: str | None = None):
+        """Upload `model`'s weights layer by layer; or, with `config` and `random_format` instead
+        of a file, fill every weight with random values of that format on the device (for
+        benchmarking real model shapes without their files)."""
         self.dev = dev
-        self.cfg = cfg = model.config
-        names = set(model.names())
-        self.embed = _upload(dev, model.get("token_embd"))
+        self.cfg = cfg = model.config if model is not None else config
+        if model is not None:
+            names = set(model.names())
+            weight = lambda name: _upload(dev, model.get(name))  # noqa: E731
+            vector = lambda name: _vector(dev, model.get(name))  # noqa: E731
+        else:
+            names, weight, vector = _random_source(dev, cfg, random_format)
+        self.embed = weight("token_embd")
         layers = []
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
 
             def opt(name, p=p):
-                return _vector(dev, model.get(p + name)) if p + name in names else None
+                return vector(p + name) if p + name in names else None
 
             if progress:
                 print(f"\rloading layer {i + 1}/{cfg.n_layers}", end="", file=sys.stderr, flush=True)
             layers.append(Layer(
-                attn_norm=_vector(dev, model.get(p + "attn_norm")), wq=_upload(dev, model.get(p + "attn_q")),
-                wk=_upload(dev, model.get(p + "attn_k")), wv=_upload(dev, model.get(p + "attn_v")),
-                wo=_upload(dev, model.get(p + "attn_output")),
-                ffn_norm=_vector(dev, model.get(p + "ffn_norm")),
-                w_gate=_upload(dev, model.get(p + "ffn_gate")), w_up=_upload(dev, model.get(p + "ffn_up")),
-                w_down=_upload(dev, model.get(p + "ffn_down")),
+                attn_norm=vector(p + "attn_norm"), wq=weight(p + "attn_q"), wk=weight(p + "attn_k"),
+                wv=weight(p + "attn_v"), wo=weight(p + "attn_output"), ffn_norm=vector(p + "ffn_norm"),
+                w_gate=weight(p + "ffn_gate"), w_up=weight(p + "ffn_up"), w_down=weight(p + "ffn_down"),
                 bq=opt("attn_q.bias"), bk=opt("attn_k.bias"), bv=opt("attn_v.bias"),
                 q_norm=opt("attn_q_norm"), k_norm=opt("attn_k_norm")))
         if progress:
             print("", file=sys.stderr)
         self.layers = layers
-        self.out_norm = _vector(dev, model.get("output_norm"))
-        self.lm_head = self.embed if cfg.tie_embeddings or "output" not in names else \
-            _upload(dev, model.get("output"))
+        self.out_norm = vector("output_norm")
+        self.lm_head = self.embed if cfg.tie_embeddings or "output" not in names else weight("output")
         freqs = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         if "rope_freqs" in names:  # GGUF Llama 3.1+: per-pair frequency divisors
             freqs = (freqs / model.get("rope_freqs").data.astype(np.float32)).astype(np.float32)
         self.inv_freq = dev.tensor(freqs)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights a decode step reads (embeddings: one row; tied lm_head: all)."""
+        total = self.lm_head.nbytes + self.out_norm.nbytes
+        for layer in self.layers:
+            for w in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down):
+                total += w.nbytes
+        return total
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
         return KVCache(self.dev, self.cfg, max_len or self.cfg.max_positions)

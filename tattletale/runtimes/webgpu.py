@@ -269,7 +269,7 @@ class WebGPUDevice(Device):
         self.uniform_layout = self.device.create_bind_group_layout(entries=[{
             "binding": 0, "visibility": "COMPUTE",
             "buffer": {"type": "uniform", "has_dynamic_offset": True}}])
-        self._pending: list[tuple] = []
+        self._pending: list = []  # launches (tuples) and events, in queue order
         self._arena = (None, None, 0)  # uniform buffer, its bind group, slots
         self._users: dict[int, list] = {}  # memory serial -> bind group caches holding it
         self._live: dict[int, object] = {}  # memory serial -> its GPUBuffer
@@ -358,7 +358,11 @@ class WebGPUDevice(Device):
         m, item = t.alloc.handle, t.dtype.itemsize
         start = t.offset * item
         off = start - start % self._align
-        return m, off, min(m.size - off, self._max_binding), (start - off) // item
+        size = min(m.size - off, self._max_binding)
+        if start - off + t.nbytes > size:
+            raise ValueError(f"a {t.nbytes}-byte tensor exceeds this WebGPU device's largest "
+                             f"storage binding ({self._max_binding} bytes)")
+        return m, off, size, (start - off) // item
 
     def bind_group_users(self, key: tuple, cache: dict) -> None:
         for serial, _, _ in key:

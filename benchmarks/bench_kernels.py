@@ -1,0 +1,152 @@
+"""Kernel library benchmark: GEMV at decode shapes, GEMM at 4096³, decode attention at 4K/32K.
+
+GEMV bandwidth counts the weight bytes as stored (quantized bytes for Q4_1/Q8_0) over the device
+time, next to the device's copy bandwidth measured in the same run (cuMemcpyDtoD on CUDA; numpy's
+f32 GEMV time-for-bytes on a CPU device) and torch's matmul on CUDA. GEMM is compared with
+torch.matmul (cuBLAS). Decode attention bandwidth counts the K and V bytes read.
+
+    python benchmarks/bench_kernels.py [--backend cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import device_ms, header, host_ms, pick_devices, torch_cuda
+
+import tattletale as tt
+from tattletale.kernels.attention import decode_attention
+from tattletale.kernels.matmul import linear
+from tattletale.kernels.quant import Weight
+
+GEMV_SHAPES = [(14336, 4096), (4096, 14336), (49152, 576)]  # (N, K): W is N×K
+
+
+def copy_bandwidth(dev, nbytes: int) -> tuple[str, float]:
+    """The device's copy bandwidth in GB/s (bytes read + written)."""
+    if dev.backend == "cuda":
+        from cuda.bindings import driver
+
+        a, b = dev.empty(nbytes // 4, tt.f32), dev.empty(nbytes // 4, tt.f32)
+        ms = device_ms(dev, lambda: driver.cuMemcpyDtoDAsync(b.alloc.handle, a.alloc.handle, nbytes,
+                                                             dev.stream))
+        return "cuMemcpyDtoD", 2 * nbytes / ms / 1e6
+    a = np.random.rand(nbytes // 4).astype(np.float32)
+    b = np.empty_like(a)
+    return "numpy copy", 2 * nbytes / host_ms(lambda: np.copyto(b, a)) / 1e6
+
+
+def random_weight(dev, n: int, k: int, fmt: str, rng) -> Weight:
+    """A random weight of the given format, built on the host without quantizing (fast)."""
+    if fmt in ("f32", "f16", "bf16"):
+        w = rng.standard_normal((n, k), dtype=np.float32) * 0.02
+        return Weight.from_array(dev, w, fmt)
+    words = rng.integers(0, 2**32, (n, k // (4 if fmt == "q8_0" else 8)), dtype=np.uint32)
+    scales = (rng.random((n, k // 32), dtype=np.float32) * 0.01).astype(np.float16)
+    mins = dev.tensor(-scales * 8) if fmt == "q4_1" else None
+    return Weight(fmt, (n, k), dev.tensor(words), dev.tensor(scales), mins)
+
+
+def bench_gemv(dev, rng, quick: bool) -> list[str]:
+    rows = []
+    name, copy_bw = copy_bandwidth(dev, 1 << 30 if dev.backend == "cuda" else 1 << 27)
+    rows.append(f"| {dev.backend} | copy bandwidth ({name}) | | {copy_bw:.0f} GB/s | | |")
+    torch = torch_cuda() if dev.backend == "cuda" else None
+    fmts = ["f16", "bf16", "q4_1", "q8_0", "f32"]
+    for n, k in GEMV_SHAPES[:1] if quick else GEMV_SHAPES:
+        x = dev.tensor(rng.standard_normal((1, k), dtype=np.float32))
+        out = dev.empty((1, n), tt.f32)
+        for fmt in fmts:
+            w = random_weight(dev, n, k, fmt, rng)
+            ms = device_ms(dev, lambda w=w: linear(x, w, out=out))
+            bw = w.nbytes / ms / 1e6
+            peer = ""
+            if torch is not None and fmt in ("f16", "bf16"):
+                dt = torch.float16 if fmt == "f16" else torch.bfloat16
+                tw = torch.randn(n, k, device="cuda", dtype=dt)
+                tx = torch.randn(1, k, device="cuda", dtype=dt)
+                tms = torch_ms(torch, lambda: tx @ tw.T)
+                peer = f"torch {w.nbytes / tms / 1e6:.0f} GB/s"
+            elif dev.backend != "cuda" and fmt == "f32":
+                wn = rng.standard_normal((n, k), dtype=np.float32)
+                xn = rng.standard_normal(k, dtype=np.float32)
+                nms = host_ms(lambda: wn @ xn)
+                peer = f"numpy f32 {wn.nbytes / nms / 1e6:.1f} GB/s"
+            rows.append(f"| {dev.backend} | GEMV M=1 {fmt} | N={n} K={k} | {ms * 1e3:.0f} µs | "
+                        f"{bw:.0f} GB/s ({bw / copy_bw:.0%} of copy) | {peer} |")
+    return rows
+
+
+def torch_ms(torch, fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return float(np.median(times))
+
+
+def bench_gemm(dev, rng, quick: bool) -> list[str]:
+    size = 1024 if quick or dev.backend != "cuda" else 4096
+    x = dev.tensor(rng.standard_normal((size, size), dtype=np.float32))
+    out = dev.empty((size, size), tt.f32)
+    rows = []
+    torch = torch_cuda() if dev.backend == "cuda" else None
+    for fmt in ("f16", "bf16"):
+        w = random_weight(dev, size, size, fmt, rng)
+        ms = device_ms(dev, lambda w=w: linear(x, w, out=out), reps=5)
+        tflops = 2 * size**3 / ms / 1e9
+        peer = ""
+        if torch is not None:
+            dt = torch.float16 if fmt == "f16" else torch.bfloat16
+            a = torch.randn(size, size, device="cuda", dtype=dt)
+            b = torch.randn(size, size, device="cuda", dtype=dt)
+            tt_ms = torch_ms(torch, lambda: a @ b.T)
+            peer = f"torch.matmul {2 * size**3 / tt_ms / 1e9:.0f} TFLOP/s → ratio {tt_ms / ms:.3f}"
+        rows.append(f"| {dev.backend} | GEMM {fmt} weights, f32 activations | {size}³ | {ms:.2f} ms | "
+                    f"{tflops:.1f} TFLOP/s | {peer} |")
+    return rows
+
+
+def bench_attention(dev, rng, quick: bool) -> list[str]:
+    rows = []
+    n_heads, n_kv, d = 32, 8, 128
+    for length in (4096,) if quick else (4096, 32768):
+        for dtype, npdt in ((tt.f16, np.float16), (tt.f32, np.float32)):
+            q = dev.tensor(rng.standard_normal((1, n_heads, d), dtype=np.float32))
+            k = dev.tensor(rng.standard_normal((1, length, n_kv, d), dtype=np.float32).astype(npdt))
+            v = dev.tensor(rng.standard_normal((1, length, n_kv, d), dtype=np.float32).astype(npdt))
+            lengths = dev.tensor(np.array([length], np.int32))
+            out = dev.empty((1, n_heads, d), tt.f32)
+            ms = device_ms(dev, lambda: decode_attention(q, k, v, lengths, n_kv, out=out))
+            kv_bytes = 2 * length * n_kv * d * dtype.itemsize
+            rows.append(f"| {dev.backend} | decode attention {dtype} KV, H=32 KV=8 D=128 | "
+                        f"{length} tokens | {ms * 1e3:.0f} µs | {kv_bytes / ms / 1e6:.0f} GB/s | |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", nargs="*")
+    ap.add_argument("--quick", action="store_true", help="smaller sweep")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(header("kernel library"))
+    print("| backend | what | shape | time | achieved | peer (same run) |")
+    print("|---|---|---|---|---|---|")
+    for dev in pick_devices(args.backend):
+        print(f"<!-- {dev} -->", flush=True)
+        for rows in (bench_gemv(dev, rng, args.quick), bench_attention(dev, rng, args.quick),
+                     bench_gemm(dev, rng, args.quick)):
+            print("\n".join(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
