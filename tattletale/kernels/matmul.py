@@ -29,89 +29,99 @@ def dot4(xv, a, b, c, d):
 def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
                 bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, N: tt.i32, K: tt.i32,
                 M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr, LANES: tt.constexpr,
-                HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
-    """LANES consecutive threads share output feature n: lane j reads chunks j, j+LANES, … of
-    W's row, so neighbouring threads read neighbouring memory (coalesced on GPUs, vectorized
-    across work-items by CPU OpenCL). Partial sums meet in a subgroup reduction when LANES is
-    the subgroup size, through shared memory otherwise."""
+                ROWS: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
+    """LANES consecutive threads share ROWS consecutive output features: lane j takes chunks j,
+    j+LANES, … of K, so neighbouring threads read neighbouring memory (coalesced on GPUs,
+    vectorized across work-items by CPU OpenCL). Each chunk of x is loaded once into registers
+    and used for all ROWS rows; for the block formats its sum (needed for the offsets) is shared
+    too. Partial sums meet in a subgroup reduction when LANES is the subgroup size, in shared
+    memory otherwise."""
     SG = tt.subgroup_size()
     tid = tt.local_id(0)
     lane = tid % LANES
-    n = tt.group_id(0) * (BLOCK // LANES) + tid // LANES
-    acc = tt.array((M,), tt.f32)
+    n0 = (tt.group_id(0) * (BLOCK // LANES) + tid // LANES) * ROWS
+    QUANT = FMT == "q8_0" or FMT == "q4_0" or FMT == "q4_1"
+    CH = 4 if FMT == "f32" else (8 if FMT == "f16" or FMT == "bf16" else 32)  # elements/chunk
+    BF = FMT == "bf16"
+    NC = K // CH
+    acc = tt.array((M, ROWS), tt.f32)
     for m in tt.static_range(M):
-        acc[m] = 0.0
-    if n < N:
-        K4 = K // 4
-        if FMT == "f32":
-            for c in range(lane, K4, LANES):  # 4 elements per chunk
-                wv = tt.vload(w, n * K4 + c, 4)
-                for m in tt.static_range(M):
-                    acc[m] += dot4(tt.vload(x, m * K4 + c, 4), wv.x, wv.y, wv.z, wv.w)
-        elif FMT == "f16" or FMT == "bf16":
-            BF = FMT == "bf16"
-            for c in range(lane, K // 8, LANES):  # 8 elements: four u32 words
-                q = tt.vload(w, n * (K // 8) + c, 4)
-                for m in tt.static_range(M):
-                    x0 = tt.vload(x, m * K4 + 2 * c, 4)
-                    x1 = tt.vload(x, m * K4 + 2 * c + 1, 4)
-                    acc[m] += dot4(x0, half_lo(q.x, BF), half_hi(q.x, BF), half_lo(q.y, BF),
-                                   half_hi(q.y, BF))
-                    acc[m] += dot4(x1, half_lo(q.z, BF), half_hi(q.z, BF), half_lo(q.w, BF),
-                                   half_hi(q.w, BF))
-        else:
-            NB = K // 32
-            for b in range(lane, NB, LANES):  # one 32-element block per step
-                d = tt.f32(scales[n * NB + b])
-                if FMT == "q8_0":
-                    q0 = tt.vload(w, (n * NB + b) * 2, 4)
-                    q1 = tt.vload(w, (n * NB + b) * 2 + 1, 4)
+        for r in tt.static_range(ROWS):
+            acc[m, r] = 0.0
+    xa = tt.array((M, CH), tt.f32)
+    sx = tt.array((M,), tt.f32)
+    for c in range(lane, NC, LANES):
+        for m in tt.static_range(M):
+            for j in tt.static_range(CH // 4):
+                v = tt.vload(x, (m * K + c * CH) // 4 + j, 4)
+                xa[m, 4 * j] = v.x
+                xa[m, 4 * j + 1] = v.y
+                xa[m, 4 * j + 2] = v.z
+                xa[m, 4 * j + 3] = v.w
+            if QUANT:
+                sx[m] = 0.0
+                for j in tt.static_range(CH):
+                    sx[m] += xa[m, j]
+        for r in tt.static_range(ROWS):
+            n = n0 + r
+            if n < N:
+                if FMT == "f32":
+                    wv = tt.vload(w, n * NC + c, 4)
                     for m in tt.static_range(M):
-                        xb = m * K4 + b * 8
+                        acc[m, r] += (xa[m, 0] * wv.x + xa[m, 1] * wv.y + xa[m, 2] * wv.z
+                                      + xa[m, 3] * wv.w)
+                elif FMT == "f16" or FMT == "bf16":
+                    q = tt.vload(w, n * NC + c, 4)  # four u32 words: elements 2k, 2k+1 in word k
+                    for m in tt.static_range(M):
+                        s = 0.0
+                        for k in tt.static_range(4):
+                            s += xa[m, 2 * k] * half_lo(q[k], BF) + xa[m, 2 * k + 1] * half_hi(q[k], BF)
+                        acc[m, r] += s
+                elif FMT == "q8_0":
+                    q0 = tt.vload(w, (n * NC + c) * 2, 4)
+                    q1 = tt.vload(w, (n * NC + c) * 2 + 1, 4)
+                    d = tt.f32(scales[n * NC + c])
+                    for m in tt.static_range(M):
                         s = 0.0
                         for j in tt.static_range(8):
                             word = q0[j] if j < 4 else q1[j - 4]
-                            s += dot4(tt.vload(x, xb + j, 4), sbyte(word, 0), sbyte(word, 1),
-                                      sbyte(word, 2), sbyte(word, 3))
-                        acc[m] += d * s
+                            for b in tt.static_range(4):
+                                s += xa[m, 4 * j + b] * sbyte(word, b)
+                        acc[m, r] += d * s
                 else:
-                    q = tt.vload(w, n * NB + b, 4)
+                    q = tt.vload(w, n * NC + c, 4)  # byte j: element j (low), j + 16 (high)
+                    d = tt.f32(scales[n * NC + c])
+                    offset = -8.0 * d if FMT == "q4_0" else tt.f32(mins[n * NC + c])
                     for m in tt.static_range(M):
-                        xb = m * K4 + b * 8
                         s = 0.0
-                        sx = 0.0
                         for j in tt.static_range(4):
                             word = q[j]
-                            lo = tt.vload(x, xb + j, 4)  # elements 4j … 4j+3: low nibbles
-                            hi = tt.vload(x, xb + 4 + j, 4)  # elements 16+4j …: high nibbles
-                            s += dot4(lo, nibble(word, 0), nibble(word, 2), nibble(word, 4),
-                                      nibble(word, 6))
-                            s += dot4(hi, nibble(word, 1), nibble(word, 3), nibble(word, 5),
-                                      nibble(word, 7))
-                            sx += lo.x + lo.y + lo.z + lo.w + hi.x + hi.y + hi.z + hi.w
-                        if FMT == "q4_0":
-                            acc[m] += d * (s - 8.0 * sx)
-                        else:
-                            acc[m] += d * s + tt.f32(mins[n * NB + b]) * sx
+                            for b in tt.static_range(4):
+                                s += xa[m, 4 * j + b] * nibble(word, 2 * b)
+                                s += xa[m, 16 + 4 * j + b] * nibble(word, 2 * b + 1)
+                        acc[m, r] += d * s + offset * sx[m]
     if LANES != SG:
-        red = tt.shared((M, BLOCK), tt.f32)
+        red = tt.shared((M * ROWS, BLOCK), tt.f32)
         for m in tt.static_range(M):
-            red[m, tid] = acc[m]
+            for r in tt.static_range(ROWS):
+                red[m * ROWS + r, tid] = acc[m, r]
         tt.barrier()
     for m in tt.static_range(M):
-        if LANES == SG:
-            total = tt.subgroup_sum(acc[m])
-        else:
-            total = 0.0
-            if lane == 0:
-                for j in tt.static_range(LANES):
-                    total += red[m, tid + j]
-        if lane == 0 and n < N:
-            if HAS_BIAS:
-                total += bias[n]
-            if HAS_RESIDUAL:
-                total += residual[m * N + n]
-            y[m * N + n] = total
+        for r in tt.static_range(ROWS):
+            if LANES == SG:
+                total = tt.subgroup_sum(acc[m, r])
+            else:
+                total = 0.0
+                if lane == 0:
+                    for j in tt.static_range(LANES):
+                        total += red[m * ROWS + r, tid + j]
+            n = n0 + r
+            if lane == 0 and n < N:
+                if HAS_BIAS:
+                    total += bias[n]
+                if HAS_RESIDUAL:
+                    total += residual[m * N + n]
+                y[m * N + n] = total
 
 
 @tt.kernel
@@ -200,12 +210,12 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     sg = x.device.caps.subgroup_size
     lanes = sg if sg > 1 else CPU_LANES
     block = max(64, lanes)
-    rows_per_group = block // lanes
     for m0 in range(0, m, MAX_GEMV_ROWS):
         mt = min(MAX_GEMV_ROWS, m - m0)
+        rows = 4 if mt == 1 else (2 if mt <= 4 else 1)  # x registers: M × chunk per row group
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
-        gemv_kernel[-(-n // rows_per_group), block](
+        gemv_kernel[-(-n // (block // lanes * rows)), block](
             x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, w.fmt, block,
-            lanes, bias is not None, residual is not None)
+            lanes, rows, bias is not None, residual is not None)
     return out
