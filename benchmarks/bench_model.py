@@ -23,7 +23,7 @@ import tattletale as tt
 from tattletale.kernels.sampling import SamplingParams, sample
 from tattletale.models import open_model, resolve
 from tattletale.models.config import ModelConfig
-from tattletale.models.llama import LlamaModel
+from tattletale.models.llama import DecodeGraph, LlamaModel
 
 PROMPT = ("The history of computing is a story of people building machines to help them think. "
           "From the abacus to mechanical calculators, from punched cards to transistors, each step "
@@ -37,19 +37,27 @@ SHAPES = {
 }
 
 
-def decode_loop(model: LlamaModel, prompt_ids: list[int], n_tokens: int) -> tuple[float, float]:
-    """(prefill s, decode tok/s) for greedy decoding of n_tokens after the prompt."""
+def decode_loop(model: LlamaModel, prompt_ids: list[int], n_tokens: int,
+                graphs: bool = True) -> tuple[float, float]:
+    """(prefill s, decode tok/s) for greedy decoding of n_tokens after the prompt, each decode
+    step replayed from a recording (graphs=True) or launched kernel by kernel."""
     dev = model.dev
     cache = model.new_cache(len(prompt_ids) + n_tokens + 8)
-    greedy = [SamplingParams(temperature=0)]
+    greedy = SamplingParams(temperature=0)
     t0 = time.perf_counter()
     logits = model.forward(prompt_ids, cache)
-    token = int(sample(logits, greedy, [0])[0])
+    token = int(sample(logits, [greedy], [0])[0])
     prefill = time.perf_counter() - t0
+    graph = DecodeGraph(model, cache, greedy) if graphs else None
+    if graph is not None:
+        token = graph.step(token)  # records the step; not timed
     t0 = time.perf_counter()
     for step in range(n_tokens):
-        logits = model.forward([token], cache)
-        token = int(sample(logits, greedy, [step + 1])[0])
+        if graph is not None:
+            token = graph.step(token)
+        else:
+            logits = model.forward([token], cache)
+            token = int(sample(logits, [greedy], [step + 1])[0])
     dev.synchronize()
     return prefill, n_tokens / (time.perf_counter() - t0)
 
@@ -72,11 +80,10 @@ def bench_cpu(backends, n_tokens: int) -> None:
         decode_loop(model, ids[:8], 4)  # compile every kernel first
         prefill, tps = decode_loop(model, ids, n_tokens)
         rows.append((f"tattletale {dev.backend}", dev.name, len(ids) / prefill, tps))
+        print(f"<!-- tattletale {dev.backend}: prefill {len(ids) / prefill:.1f} tok/s, decode "
+              f"{tps:.1f} tok/s -->", flush=True)
     try:
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=str(path), n_threads=threads, n_ctx=512, verbose=False,
-                    use_extra_bufts=False)
+        llm = llama_cpp_model(str(path), threads)
         llm.eval(ids[:8])
         llm.reset()
         t0 = time.perf_counter()
@@ -95,6 +102,23 @@ def bench_cpu(backends, n_tokens: int) -> None:
         print(f"| {engine} | {device} | {p:.1f} | {d:.1f} | {ratio} |", flush=True)
 
 
+def llama_cpp_model(path: str, threads: int):
+    """llama-cpp-python's Llama with `use_extra_bufts = False`: its extra CPU buffer types (the
+    AMX path) crash on these CPUs, and this version exposes the switch only in the C params."""
+    import llama_cpp
+    import llama_cpp.llama
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params
+    return llama_cpp.Llama(model_path=path, n_threads=threads, n_ctx=512, verbose=False)
+
+
 def bench_gpu(backends, n_tokens: int) -> None:
     torch = torch_cuda()
     print(header(f"random bf16 models, batch 1, 32-token prompt, {n_tokens} decoded"))
@@ -111,10 +135,12 @@ def bench_gpu(backends, n_tokens: int) -> None:
             model = LlamaModel(dev, None, config=cfg, random_format="bf16")
             roof = copy_bw * 1e9 / model.weight_bytes
             decode_loop(model, prompt[:4], 2)
-            prefill, tps = decode_loop(model, prompt, n_tokens)
-            print(f"| {name} | tattletale {dev.backend} | {model.weight_bytes / 1e9:.2f} GB | "
-                  f"{roof:.0f} | {len(prompt) / prefill:.0f} | {tps:.1f} | {tps / roof:.0%} |",
-                  flush=True)
+            for graphs in (True, False):
+                prefill, tps = decode_loop(model, prompt, n_tokens, graphs)
+                how = "replayed steps" if graphs else "step by step"
+                print(f"| {name} | tattletale {dev.backend}, {how} | {model.weight_bytes / 1e9:.2f} GB"
+                      f" | {roof:.0f} | {len(prompt) / prefill:.0f} | {tps:.1f} | {tps / roof:.0%} |",
+                      flush=True)
             del model
             dev.empty_pool()
         if torch is not None:

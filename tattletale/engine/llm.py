@@ -6,6 +6,7 @@ tokens already in the cache (a chat's history) only computes the new part.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 import tattletale as tt
 from tattletale.kernels.sampling import SamplingParams, sample
 from tattletale.models import open_model, resolve
-from tattletale.models.llama import LlamaModel
+from tattletale.models.llama import DecodeGraph, LlamaModel
 from tattletale.models.tokenizer import render_chat
 
 
@@ -76,6 +77,8 @@ class LLM:
                 eos.add(tid)
         self.eos_ids = eos
         self.stats = Stats()
+        # TT_GRAPHS=0 launches every decode step's kernels one by one (for debugging)
+        self.use_graphs = os.environ.get("TT_GRAPHS", "1") != "0"
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template."""
@@ -116,9 +119,18 @@ class LLM:
         decoder = self.tokenizer.stream()
         text = ""
         finish = "length"
+        # Decode steps replay one recorded launch sequence, sampling included; penalties need
+        # the host-side token history, so they take the step-by-step path.
+        graph = DecodeGraph(self.model, self.cache, params) if (
+            repetition_penalty == 1.0 and self.use_graphs) else None
+        token = -1
         for step in range(max_tokens):
-            history = ids + generated if repetition_penalty != 1.0 else None
-            token = int(sample(logits, [params], [step], [history] if history else None)[0])
+            if step == 0 or graph is None:
+                history = ids + generated if repetition_penalty != 1.0 else None
+                token = int(sample(logits, [params], [len(self.cached_ids) - 1],
+                                   [history] if history else None)[0])
+            else:
+                token = graph.step(token)
             if step == 0:
                 stats.prefill_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -140,7 +152,8 @@ class LLM:
                 yield piece
             if step + 1 == max_tokens or len(self.cached_ids) + 1 >= self.max_context:
                 break
-            logits = self.model.forward([token], self.cache)
+            if graph is None:
+                logits = self.model.forward([token], self.cache)
             self.cached_ids.append(token)
         stats.decode_s = time.perf_counter() - t0
         self.last_ids, self.finish_reason = generated, finish

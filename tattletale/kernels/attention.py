@@ -22,6 +22,24 @@ def kv_index(seq_base, t, h, d, n_kv, D):
 
 
 @tt.kernel
+def kv_write_kernel(src: tt.Buffer, cache: tt.Buffer, positions: tt.Buffer[tt.i32], n_tokens: tt.i32,
+                    n_kv: tt.i32, D: tt.constexpr):
+    """Store the K (or V) rows of n_tokens new tokens at their positions in a sequence's cache."""
+    i = tt.global_id(0)
+    row = n_kv * D
+    if i < n_tokens * row:
+        t = i // row
+        e = i % row
+        cache[kv_index(0, positions[t], e // D, e % D, n_kv, D)] = src[i]
+
+
+def kv_write(src: Tensor, cache: Tensor, positions: Tensor, n_kv: int, head_dim: int) -> None:
+    """cache[positions[t]] = src[t] for each new token t (src: [T, n_kv * head_dim])."""
+    n = src.size
+    kv_write_kernel[-(-n // 256), 256](src, cache, positions, positions.size, n_kv, head_dim)
+
+
+@tt.kernel
 def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: tt.Buffer[tt.i32],
                             part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32], max_len: tt.i32,
                             n_heads: tt.i32, n_kv: tt.i32, chunk: tt.i32, window: tt.i32,
@@ -120,14 +138,24 @@ def combine_splits_kernel(part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32],
     out[bh * D + d] = num / den if den > 0.0 else 0.0
 
 
+DECODE_CHUNK = 512  # keys per workgroup of decode attention
+
+
+def decode_splits(longest: int, chunk: int = DECODE_CHUNK) -> int:
+    """Workgroups per (sequence, head) of decode attention for histories up to `longest`."""
+    return max(1, -(-longest // chunk))
+
+
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, n_kv: int,
                      out: Tensor | None = None, window: int = 0, scale: float | None = None,
-                     chunk: int = 512, longest: int | None = None) -> Tensor:
+                     chunk: int = DECODE_CHUNK, longest: int | None = None,
+                     partials: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """One query token per sequence over its whole KV history.
 
     q: [B, H, D]; k_cache, v_cache: [B, max_len, n_kv, D]; lengths: [B] i32 (valid tokens);
     `longest` bounds the lengths (default: max_len) and sets how many chunks of `chunk` keys are
-    attended in parallel before being combined.
+    attended in parallel before being combined; `partials` is preallocated scratch for them
+    ([B·H·splits, D] and [B·H·splits, 2] f32), so that recorded launches allocate nothing.
     """
     bsz, n_heads, d = q.shape
     max_len = k_cache.shape[1]
@@ -135,9 +163,13 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
     dev = q.device
     sg = dev.caps.subgroup_size
     block = max(sg, min(128, 4 * sg)) if sg > 1 else 16
-    n_splits = max(1, -(-(longest or max_len) // chunk))
-    part_o = dev.empty((bsz * n_heads * n_splits, d), tt.f32)
-    part_ml = dev.empty((bsz * n_heads * n_splits, 2), tt.f32)
+    n_splits = decode_splits(longest or max_len, chunk)
+    if partials is not None:
+        part_o = partials[0].view(0, (bsz * n_heads * n_splits, d))
+        part_ml = partials[1].view(0, (bsz * n_heads * n_splits, 2))
+    else:
+        part_o = dev.empty((bsz * n_heads * n_splits, d), tt.f32)
+        part_ml = dev.empty((bsz * n_heads * n_splits, 2), tt.f32)
     out = out if out is not None else dev.empty(q.shape, tt.f32)
     decode_attention_kernel[(bsz * n_heads, n_splits), block](
         q, k_cache, v_cache, lengths, part_o, part_ml, max_len, n_heads, n_kv, chunk, window, scale,

@@ -22,6 +22,18 @@ class UnsupportedModel(ValueError):
     """The model's architecture or one of its tensors is not supported."""
 
 
+class ModelFileError(ValueError):
+    """A model path that is missing, unreadable, truncated or corrupt (incomplete config included)."""
+
+
+def _need(cfg: dict, key: str, where: str):
+    """cfg[key], or a ModelFileError naming the missing key (a KeyError would end in a traceback)."""
+    value = cfg.get(key)
+    if value is None:
+        raise ModelFileError(f"{where} lacks {key!r}")
+    return value
+
+
 @dataclass
 class ModelConfig:
     arch: str
@@ -55,7 +67,12 @@ class ModelConfig:
     def from_hf(cls, cfg: dict) -> ModelConfig:
         arch = cfg.get("model_type", "llama")
         fam = cls._family(arch)
-        n_heads = cfg["num_attention_heads"]
+        need = lambda key: _need(cfg, key, "config.json")  # noqa: E731
+        if cfg.get("quantization_config"):
+            method = cfg["quantization_config"].get("quant_method", "?")
+            raise UnsupportedModel(f"quantized HF checkpoints ({method}) are not supported; use an "
+                                   f"f32/f16/bf16 checkpoint or a GGUF file")
+        n_heads = need("num_attention_heads")
         eos = cfg.get("eos_token_id")
         window = cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "mistral") else 0
         # transformers ≥ 5 writes `rope_parameters` (with rope_theta inside); older `rope_scaling`
@@ -63,11 +80,11 @@ class ModelConfig:
         theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
         scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None
         return cls(
-            arch=arch, hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
-            n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+            arch=arch, hidden=need("hidden_size"), intermediate=need("intermediate_size"),
+            n_layers=need("num_hidden_layers"), n_heads=n_heads,
             n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-            vocab=cfg["vocab_size"], max_positions=cfg.get("max_position_embeddings", 4096),
+            head_dim=cfg.get("head_dim") or need("hidden_size") // n_heads,
+            vocab=need("vocab_size"), max_positions=cfg.get("max_position_embeddings", 4096),
             rope_theta=theta, rope_scaling=scaling,
             rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -78,24 +95,31 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_gguf(cls, meta: dict, has_output: bool) -> ModelConfig:
+    def from_gguf(cls, meta: dict, has_output: bool, n_vocab: int | None = None) -> ModelConfig:
+        """`n_vocab`: the token-embedding rows, for files without `{arch}.vocab_size` (older ones)."""
         arch = meta.get("general.architecture", "llama")
         fam = cls._family(arch)
 
         def get(key, default=None):
             return meta.get(f"{arch}.{key}", default)
 
-        hidden = int(get("embedding_length"))
-        n_heads = int(get("attention.head_count"))
+        def need(key):
+            return _need(meta, f"{arch}.{key}", "the GGUF metadata")
+
+        hidden = int(need("embedding_length"))
+        n_heads = int(need("attention.head_count"))
         scaling = None
         kind = get("rope.scaling.type")
         if kind in ("linear", "yarn") or get("rope.scaling.factor"):
             scaling = {"rope_type": kind or "linear", "factor": float(get("rope.scaling.factor", 1.0))}
-        vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+        vocab = get("vocab_size") or n_vocab
+        if not vocab:
+            raise ModelFileError(f"the GGUF metadata lacks '{arch}.vocab_size' and there is no "
+                                 f"token_embd tensor")
         eos = meta.get("tokenizer.ggml.eos_token_id")
         return cls(
-            arch=arch, hidden=hidden, intermediate=int(get("feed_forward_length")),
-            n_layers=int(get("block_count")), n_heads=n_heads,
+            arch=arch, hidden=hidden, intermediate=int(need("feed_forward_length")),
+            n_layers=int(need("block_count")), n_heads=n_heads,
             n_kv_heads=int(get("attention.head_count_kv", n_heads)),
             head_dim=int(get("attention.key_length", hidden // n_heads)), vocab=int(vocab),
             max_positions=int(get("context_length", 4096)),

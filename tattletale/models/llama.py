@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 import tattletale as tt
-from tattletale.kernels.attention import decode_attention, prefill_attention
+from tattletale.kernels.attention import (
+    DECODE_CHUNK,
+    decode_attention,
+    decode_splits,
+    kv_write,
+    prefill_attention,
+)
 from tattletale.kernels.elementwise import silu_mul
 from tattletale.kernels.embedding import embedding
 from tattletale.kernels.matmul import linear
@@ -29,7 +35,7 @@ from tattletale.kernels.quant import Weight
 from tattletale.kernels.rope import rope_, rope_inv_freq
 from tattletale.runtimes import Device, Tensor
 
-from .config import ModelConfig, UnsupportedModel
+from .config import ModelConfig, ModelFileError, UnsupportedModel
 from .loader import HostTensor, ModelFile
 
 
@@ -75,11 +81,7 @@ def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
     """(names, weight, vector) factories producing random weights of cfg's shapes on the device."""
     from tattletale.kernels.random import fill_uniform_
 
-    hd = cfg.head_dim
-    shapes = {"token_embd": (cfg.vocab, cfg.hidden), "attn_q": (cfg.n_heads * hd, cfg.hidden),
-              "attn_k": (cfg.n_kv_heads * hd, cfg.hidden), "attn_v": (cfg.n_kv_heads * hd, cfg.hidden),
-              "attn_output": (cfg.hidden, cfg.n_heads * hd), "ffn_gate": (cfg.intermediate, cfg.hidden),
-              "ffn_up": (cfg.intermediate, cfg.hidden), "ffn_down": (cfg.hidden, cfg.intermediate)}
+    shapes = expected_shapes(cfg)
     seed = iter(range(1, 1 << 30))
 
     def weight(name: str) -> Weight:
@@ -98,6 +100,30 @@ def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
         return fill_uniform_(dev.empty(cfg.hidden, tt.f32), next(seed), 0.9, 1.1)
 
     return set(), weight, vector
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor kind (the last part of its short name) → the shape the config implies."""
+    hd, q, kv = cfg.head_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    return {"token_embd": (cfg.vocab, cfg.hidden), "output": (cfg.vocab, cfg.hidden),
+            "attn_q": (q, cfg.hidden), "attn_k": (kv, cfg.hidden), "attn_v": (kv, cfg.hidden),
+            "attn_output": (cfg.hidden, q), "ffn_gate": (cfg.intermediate, cfg.hidden),
+            "ffn_up": (cfg.intermediate, cfg.hidden), "ffn_down": (cfg.hidden, cfg.intermediate),
+            "attn_norm": (cfg.hidden,), "ffn_norm": (cfg.hidden,), "output_norm": (cfg.hidden,),
+            "attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,),
+            "attn_q_norm": (hd,), "attn_k_norm": (hd,)}
+
+
+def _checked(t: HostTensor, name: str, shapes: dict) -> HostTensor:
+    """A tensor whose shape disagrees with the config would fail deep inside a kernel (or read out
+    of bounds): refuse it at load, naming it."""
+    kind = name.split(".", 2)[-1] if name.startswith("blk.") else name
+    want = shapes.get(kind)
+    got = tuple(t.shape)
+    if want is not None and (got != want if len(want) > 1 else int(np.prod(got)) != want[0]):
+        raise ModelFileError(f"tensor {name} has shape {got}, but the model config implies {want} "
+                             f"(a corrupt file, or a config that does not match the weights)")
+    return t
 
 
 def _vector(dev: Device, t: HostTensor) -> Tensor:
@@ -120,8 +146,9 @@ class LlamaModel:
         self.cfg = cfg = model.config if model is not None else config
         if model is not None:
             names = set(model.names())
-            weight = lambda name: _upload(dev, model.get(name))  # noqa: E731
-            vector = lambda name: _vector(dev, model.get(name))  # noqa: E731
+            shapes = expected_shapes(cfg)
+            weight = lambda name: _upload(dev, _checked(model.get(name), name, shapes))  # noqa: E731
+            vector = lambda name: _vector(dev, _checked(model.get(name), name, shapes))  # noqa: E731
         else:
             names, weight, vector = _random_source(dev, cfg, random_format)
         self.embed = weight("token_embd")
@@ -166,47 +193,152 @@ class LlamaModel:
                 ) -> Tensor:
         """Run tokens (appended after the cache's current length); returns f32 logits for the last
         token ([1, vocab]) or for every token ([T, vocab])."""
-        cfg, dev = self.cfg, self.dev
         n = len(tokens)
         start = cache.length
         if start + n > cache.max_len:
             raise ValueError(f"context overflow: {start + n} tokens > {cache.max_len}")
-        ids = dev.tensor(np.asarray(tokens, np.int32))
-        positions = dev.tensor(np.arange(start, start + n, dtype=np.int32))
+        ws = Workspace(self, n)
+        ws.set_tokens(tokens, start)
+        self.run(ws, cache, start, all_logits)
+        cache.length = start + n
+        return ws.logits if not all_logits else ws.all_logits
+
+    def run(self, ws: Workspace, cache: KVCache, start: int | None, all_logits: bool = False) -> None:
+        """The forward pass over ws's tokens, launching kernels only (no host transfers), so a
+        decode step can be recorded and replayed. `start` is the cache position of the first token
+        for prefill; None means a decode step whose position lives in ws.positions on the device
+        (its K/V are written there, and attention covers ws.splits chunks)."""
+        cfg = self.cfg
+        n = ws.n
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        h = embedding(self.embed, ids)
-        x = dev.empty((n, cfg.hidden), tt.f32)
-        q = dev.empty((n, nh * hd), tt.f32)
-        attn = dev.empty((n, nh, hd), tt.f32)
-        lengths = dev.tensor(np.array([start + n], np.int32)) if n == 1 else None
+        h, x, q, attn = ws.h, ws.x, ws.q, ws.attn
+        embedding(self.embed, ws.ids, out=h)
         for i, layer in enumerate(self.layers):
             rmsnorm(h, layer.attn_norm, cfg.rms_eps, out=x)
-            k = cache.k[i].view(start * nkv * hd, (n, nkv * hd))
-            v = cache.v[i].view(start * nkv * hd, (n, nkv * hd))
+            if start is not None:  # prefill: project K/V straight into their cache rows
+                k = cache.k[i].view(start * nkv * hd, (n, nkv * hd))
+                v = cache.v[i].view(start * nkv * hd, (n, nkv * hd))
+            else:
+                k, v = ws.k, ws.v
             linear(x, layer.wq, bias=layer.bq, out=q)
             linear(x, layer.wk, bias=layer.bk, out=k)
             linear(x, layer.wv, bias=layer.bv, out=v)
             if layer.q_norm is not None:
                 rmsnorm(q.reshape(n * nh, hd), layer.q_norm, cfg.rms_eps, out=q.reshape(n * nh, hd))
                 rmsnorm(k.reshape(n * nkv, hd), layer.k_norm, cfg.rms_eps, out=k.reshape(n * nkv, hd))
-            rope_(q, positions, self.inv_freq, nh, hd, cfg.rope_neox)
-            rope_(k, positions, self.inv_freq, nkv, hd, cfg.rope_neox)
-            q3 = q.reshape(n, nh, hd)
-            if n == 1:
+            rope_(q, ws.positions, self.inv_freq, nh, hd, cfg.rope_neox)
+            rope_(k, ws.positions, self.inv_freq, nkv, hd, cfg.rope_neox)
+            if start is None:
+                kv_write(k, cache.k[i], ws.positions, nkv, hd)
+                kv_write(v, cache.v[i], ws.positions, nkv, hd)
                 kc = cache.k[i].reshape(1, cache.max_len, nkv, hd)
                 vc = cache.v[i].reshape(1, cache.max_len, nkv, hd)
-                decode_attention(q3.reshape(1, nh, hd), kc, vc, lengths, nkv, out=attn,
-                                 window=cfg.sliding_window, longest=start + n)
+                decode_attention(q.reshape(1, nh, hd), kc, vc, ws.lengths, nkv, out=attn,
+                                 window=cfg.sliding_window, longest=ws.splits * DECODE_CHUNK,
+                                 partials=ws.partials)
             else:
                 kc = cache.k[i].view(0, (start + n, nkv, hd))
                 vc = cache.v[i].view(0, (start + n, nkv, hd))
-                prefill_attention(q3, kc, vc, nkv, out=attn, window=cfg.sliding_window)
+                prefill_attention(q.reshape(n, nh, hd), kc, vc, nkv, out=attn,
+                                  window=cfg.sliding_window)
             linear(attn.reshape(n, nh * hd), layer.wo, residual=h, out=h)
             rmsnorm(h, layer.ffn_norm, cfg.rms_eps, out=x)
-            gate = linear(x, layer.w_gate)
-            up = linear(x, layer.w_up)
-            linear(silu_mul(gate, up, out=gate), layer.w_down, residual=h, out=h)
-        cache.length = start + n
-        last = h if all_logits else h.view((n - 1) * cfg.hidden, (1, cfg.hidden))
-        normed = rmsnorm(last, self.out_norm, cfg.rms_eps)
-        return linear(normed, self.lm_head)
+            linear(x, layer.w_gate, out=ws.gate)
+            linear(x, layer.w_up, out=ws.up)
+            linear(silu_mul(ws.gate, ws.up, out=ws.gate), layer.w_down, residual=h, out=h)
+        if all_logits:
+            rmsnorm(h, self.out_norm, cfg.rms_eps, out=x)
+            ws.all_logits = linear(x, self.lm_head)
+        else:
+            last = h.view((n - 1) * cfg.hidden, (1, cfg.hidden))
+            rmsnorm(last, self.out_norm, cfg.rms_eps, out=ws.normed)
+            linear(ws.normed, self.lm_head, out=ws.logits)
+
+
+class Workspace:
+    """Every activation of a forward pass over n tokens, allocated up front: a decode step then
+    allocates nothing, and recorded launches keep pointing at live memory."""
+
+    def __init__(self, model: LlamaModel, n: int, splits: int = 0):
+        cfg, dev = model.cfg, model.dev
+        hd = cfg.head_dim
+        self.n, self.splits = n, splits
+        # token ids, positions and the sequence length in one buffer: one upload per step
+        self.step = dev.empty(2 * n + 1, tt.i32)
+        self.ids = self.step.view(0, n)
+        self.positions = self.step.view(n, n)
+        self.lengths = self.step.view(2 * n, 1)
+        self.h = dev.empty((n, cfg.hidden), tt.f32)
+        self.x = dev.empty((n, cfg.hidden), tt.f32)
+        self.q = dev.empty((n, cfg.n_heads * hd), tt.f32)
+        self.k = dev.empty((n, cfg.n_kv_heads * hd), tt.f32)
+        self.v = dev.empty((n, cfg.n_kv_heads * hd), tt.f32)
+        self.attn = dev.empty((n, cfg.n_heads, hd), tt.f32)
+        self.gate = dev.empty((n, cfg.intermediate), tt.f32)
+        self.up = dev.empty((n, cfg.intermediate), tt.f32)
+        self.normed = dev.empty((1, cfg.hidden), tt.f32)
+        self.logits = dev.empty((1, cfg.vocab), tt.f32)
+        self.all_logits: Tensor | None = None
+        rows = cfg.n_heads * max(splits, 1)
+        self.partials = (dev.empty((rows, hd), tt.f32), dev.empty((rows, 2), tt.f32))
+
+    def set_tokens(self, tokens, start: int) -> None:
+        """Upload the tokens to run and their positions (start, start+1, …)."""
+        n = self.n
+        pos = np.arange(start, start + n, dtype=np.int32)
+        self.step.copy_from(np.concatenate([np.asarray(tokens, np.int32), pos, [start + n]]))
+
+
+class DecodeGraph:
+    """Decode steps that run as one recorded launch sequence (a CUDA graph, an OpenCL launch
+    list, a Vulkan command buffer…), sampling included: per step the host uploads the token and
+    its position (12 bytes), replays, and reads back the next token (4 bytes).
+
+    Attention's workgroup count depends on the history length, so one recording is kept per
+    split count; each is recorded the first time its length range is reached (that step runs
+    eagerly, which also compiles every kernel before any capture).
+    """
+
+    def __init__(self, model: LlamaModel, cache: KVCache, params):
+        from tattletale.kernels.sampling import BISECT_STEPS, BLOCK
+
+        dev = model.dev
+        self.model, self.cache = model, cache
+        self.ws = Workspace(model, 1, decode_splits(cache.max_len))
+        self.probs = dev.empty((1, model.cfg.vocab), tt.f32)
+        self.next_id = dev.empty(1, tt.i32)
+        f32 = lambda v: dev.tensor(np.array([v], np.float32))  # noqa: E731
+        self.sampling = (f32(params.temperature), dev.tensor(np.array([params.top_k], np.int32)),
+                         f32(params.top_p), f32(params.min_p),
+                         dev.tensor(np.array([params.seed & 0xFFFFFFFF], np.uint32)))
+        self.block, self.bisect = BLOCK, BISECT_STEPS
+        self.recordings: dict[int, object] = {}
+
+    def _launch(self) -> None:
+        from tattletale.kernels.sampling import sample_kernel
+
+        self.model.run(self.ws, self.cache, None)
+        temperature, top_k, top_p, min_p, seed = self.sampling
+        counter = self.ws.positions.bitview(tt.u32)  # the position numbers the draws
+        sample_kernel[1, self.block](self.ws.logits, self.probs, temperature, top_k, top_p, min_p,
+                                     seed, counter, self.next_id, self.model.cfg.vocab, self.block,
+                                     self.bisect)
+
+    def step(self, token: int) -> int:
+        """Append `token` at the cache's end and return the sampled next token."""
+        pos = self.cache.length
+        if pos + 1 > self.cache.max_len:
+            raise ValueError(f"context overflow: {pos + 1} tokens > {self.cache.max_len}")
+        splits = decode_splits(pos + 1)
+        self.ws.set_tokens([token], pos)
+        rec = self.recordings.get(splits)
+        if rec is None:
+            self.ws.splits = splits
+            self._launch()
+            with self.model.dev.record() as rec:
+                self._launch()
+            self.recordings[splits] = rec
+        else:
+            rec.replay()
+        self.cache.length = pos + 1
+        return int(self.next_id.numpy()[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig, UnsupportedModel
+from .config import ModelConfig, ModelFileError, UnsupportedModel
 
 # GGUF block formats the kernels decode directly; other quantized types are dequantized at load
 KERNEL_BLOCK_FORMATS = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}
@@ -30,12 +30,9 @@ _HF_LAYER_NAMES = {
     "post_attention_layernorm.weight": "ffn_norm", "mlp.gate_proj.weight": "ffn_gate",
     "mlp.up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down",
 }
+_HF_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _HF_TOP_NAMES = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm",
                  "lm_head.weight": "output"}
-
-
-class ModelFileError(ValueError):
-    """A model path that is missing, unreadable, truncated or corrupt."""
 
 
 @dataclass
@@ -68,22 +65,32 @@ class ModelFile:
 
 
 def open_model(path: str | os.PathLike) -> ModelFile:
+    """Open an HF model directory or a GGUF file. Every problem with the files (missing,
+    unreadable, truncated, corrupt, incomplete config) is a ModelFileError, and an architecture or
+    tensor type tattletale cannot run is an UnsupportedModel: callers show one line, not a trace."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelFileError(f"model path does not exist: {p}")
-    if p.is_dir():
-        return HFModel(p)
-    if p.suffix == ".gguf" or _is_gguf(p):
-        return GGUFModel(p)
+    try:
+        if not p.exists():
+            raise ModelFileError(f"model path does not exist: {p}")
+        if p.is_dir():
+            return HFModel(p)
+        with open(p, "rb") as f:
+            magic = f.read(4)
+        if magic == b"GGUF":
+            return GGUFModel(p)
+    except OSError as exc:  # permissions, a special file, an I/O error
+        raise ModelFileError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if p.suffix == ".gguf":
+        raise ModelFileError(f"{p} is not a GGUF file (it does not start with the GGUF magic)")
+    if p.suffix == ".safetensors":
+        raise ModelFileError(f"{p} is a weights file: pass the HF model directory that holds it and "
+                             f"its config.json")
     raise ModelFileError(f"{p} is neither an HF model directory nor a .gguf file")
 
 
-def _is_gguf(p: Path) -> bool:
-    try:
-        with open(p, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
+def _config_error(where: Path, exc: Exception) -> ModelFileError:
+    """A config whose values have the wrong types (a corrupt or hand-edited file)."""
+    return ModelFileError(f"{where}: invalid model configuration ({exc})")
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
@@ -94,12 +101,10 @@ class GGUFModel(ModelFile):
         import gguf
 
         self.path = path
-        if not _is_gguf(path):
-            raise ModelFileError(f"{path} is not a GGUF file (bad magic)")
         try:
             self.reader = gguf.GGUFReader(str(path))
         except Exception as exc:  # truncated files fail inside numpy's memmap or the parser
-            raise ModelFileError(f"cannot read GGUF file {path}: {exc}") from None
+            raise ModelFileError(f"GGUF file {path} is truncated or corrupt ({exc})") from None
         self.meta = {}
         for key, field in self.reader.fields.items():
             if key.startswith("tokenizer.ggml.") and key[15:] in ("tokens", "merges", "token_type",
@@ -114,7 +119,14 @@ class GGUFModel(ModelFile):
         if end > path.stat().st_size:
             raise ModelFileError(f"GGUF file {path} is truncated ({path.stat().st_size} bytes, "
                                  f"tensors need {end})")
-        self.config = ModelConfig.from_gguf(self.meta, has_output="output.weight" in self.tensors)
+        embd = self.tensors.get("token_embd.weight")
+        try:
+            self.config = ModelConfig.from_gguf(self.meta, has_output="output.weight" in self.tensors,
+                                                n_vocab=int(embd.shape[-1]) if embd is not None else None)
+        except (ModelFileError, UnsupportedModel):
+            raise
+        except (TypeError, ValueError) as exc:
+            raise _config_error(path, exc) from None
 
     def field(self, key: str):
         f = self.reader.fields.get(key)
@@ -127,7 +139,7 @@ class GGUFModel(ModelFile):
         t = self.tensors.get(name if name.endswith(".bias") else name + ".weight") or \
             self.tensors.get(name)
         if t is None:
-            raise KeyError(name)
+            raise ModelFileError(f"{self.path} has no tensor {name!r}")
         kind = t.tensor_type.name
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists the fastest dim first
         if kind in _FLOAT_GGUF:
@@ -166,13 +178,15 @@ class HFModel(ModelFile):
         cfg_path = path / "config.json"
         if not cfg_path.exists():
             raise ModelFileError(f"{path} has no config.json: not an HF model directory")
+        self.hf_config = read_json(cfg_path)
         try:
-            self.hf_config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"cannot read {cfg_path}: {exc}") from None
-        self.config = ModelConfig.from_hf(self.hf_config)
+            self.config = ModelConfig.from_hf(self.hf_config)
+        except (ModelFileError, UnsupportedModel):
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _config_error(cfg_path, exc) from None
         gen = path / "generation_config.json"
-        self.generation_config = json.loads(gen.read_text()) if gen.exists() else {}
+        self.generation_config = read_json(gen) if gen.exists() else {}
         eos = self.generation_config.get("eos_token_id")
         if eos is not None:
             self.config.eos_token_ids = list(eos) if isinstance(eos, list) else [eos]
@@ -212,11 +226,19 @@ class HFModel(ModelFile):
         return list(self._names)
 
     def get(self, name: str) -> HostTensor:
-        key = self._names[name]
+        key = self._names.get(name)
+        if key is None:
+            raise ModelFileError(f"{self.path} has no weight for {name!r} (its safetensors lack it)")
         handle = self._handles[self._index[key]]
         try:
             sl = handle.get_slice(key)
             dtype = sl.get_dtype()
+        except Exception as exc:
+            raise ModelFileError(f"cannot read tensor {key} from {self._index[key]}: {exc}") from None
+        if dtype not in _HF_FLOAT_DTYPES:
+            raise UnsupportedModel(f"tensor {key} has dtype {dtype}; tattletale loads F32, F16 and "
+                                   f"BF16 safetensors (and GGUF files)")
+        try:
             if dtype == "BF16":
                 raw = _bf16_bits(self._index[key], key, sl.get_shape())
                 return HostTensor("bf16", tuple(raw.shape), raw)
@@ -235,13 +257,24 @@ class HFModel(ModelFile):
     def chat_template(self) -> str | None:
         cfg = self.path / "tokenizer_config.json"
         if cfg.exists():
-            tpl = json.loads(cfg.read_text()).get("chat_template")
+            tpl = read_json(cfg).get("chat_template")
             if isinstance(tpl, list):  # named templates: take the default
                 tpl = next((t["template"] for t in tpl if t.get("name") == "default"), None)
             if tpl:
                 return tpl
         jinja = self.path / "chat_template.jinja"
         return jinja.read_text() if jinja.exists() else None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a model's folder; unreadable or malformed files are ModelFileErrors."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"cannot read {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path} does not hold a JSON object")
+    return value
 
 
 def _bf16_bits(file: Path, key: str, shape: list[int]) -> np.ndarray:

@@ -4,10 +4,11 @@ chat templates rendered in a sandbox and streaming detokenization that never spl
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime
 from pathlib import Path
 
-from .config import UnsupportedModel
+from .config import ModelFileError, UnsupportedModel
 
 # GGUF `tokenizer.ggml.pre` → the split regex of that pre-tokenizer (None: GPT-2's, from ByteLevel)
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
@@ -74,12 +75,17 @@ class StreamDecoder:
 def tokenizer_from_hf(path: Path) -> Tokenizer:
     from tokenizers import Tokenizer as HFTok
 
+    from .loader import read_json
+
     f = path / "tokenizer.json"
     if not f.exists():
-        raise UnsupportedModel(f"{path} has no tokenizer.json")
-    tok = HFTok.from_file(str(f))
-    cfg = json.loads((path / "tokenizer_config.json").read_text()) if (
-        path / "tokenizer_config.json").exists() else {}
+        raise UnsupportedModel(f"{path} has no tokenizer.json (tattletale reads HF fast tokenizers)")
+    try:
+        tok = HFTok.from_file(str(f))
+    except Exception as exc:  # tokenizers raises plain Exceptions for malformed JSON
+        raise ModelFileError(f"cannot read {f}: {exc}") from None
+    cfg_path = path / "tokenizer_config.json"
+    cfg = read_json(cfg_path) if cfg_path.exists() else {}
 
     def content(v):
         return v.get("content") if isinstance(v, dict) else v
@@ -97,14 +103,20 @@ def tokenizer_from_gguf(model) -> Tokenizer:
     from tokenizers import Tokenizer as HFTok
 
     kind = model.field("tokenizer.ggml.model")
+    tokens = list(model.field("tokenizer.ggml.tokens") or [])
+    if kind is None or not tokens:
+        raise ModelFileError(f"{model.path} has no tokenizer (tokenizer.ggml.* metadata)")
     if kind != "gpt2":
         raise UnsupportedModel(f"GGUF tokenizer model {kind!r} is not supported yet (byte-level "
                                f"BPE, 'gpt2', is)")
-    tokens = list(model.field("tokenizer.ggml.tokens"))
     types = list(model.field("tokenizer.ggml.token_type") or [1] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in model.field("tokenizer.ggml.merges") or []]
     pre = model.field("tokenizer.ggml.pre") or "default"
     vocab = {t: i for i, t in enumerate(tokens)}
+    if pre not in _PRE_SPLITS:
+        warnings.warn(f"GGUF pre-tokenizer {pre!r} is unknown to tattletale; splitting text like "
+                      f"GPT-2 does, which may tokenize differently from the model's own tokenizer",
+                      stacklevel=2)
     split = _PRE_SPLITS.get(pre, None)
     bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=split is _LLAMA3_SPLIT)
     tok = HFTok(bpe)
