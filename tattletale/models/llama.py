@@ -231,11 +231,14 @@ class LlamaModel:
             if start is None:
                 kv_write(k, cache.k[i], ws.positions, nkv, hd)
                 kv_write(v, cache.v[i], ws.positions, nkv, hd)
+            if n == 1:
                 kc = cache.k[i].reshape(1, cache.max_len, nkv, hd)
                 vc = cache.v[i].reshape(1, cache.max_len, nkv, hd)
+                graph = start is None
                 decode_attention(q.reshape(1, nh, hd), kc, vc, ws.lengths, nkv, out=attn,
-                                 window=cfg.sliding_window, longest=ws.splits * DECODE_CHUNK,
-                                 partials=ws.partials)
+                                 window=cfg.sliding_window,
+                                 longest=ws.splits * DECODE_CHUNK if graph else start + 1,
+                                 partials=ws.partials if graph else None)
             else:
                 kc = cache.k[i].view(0, (start + n, nkv, hd))
                 vc = cache.v[i].view(0, (start + n, nkv, hd))

@@ -147,6 +147,8 @@ class GGUFModel(ModelFile):
             if kind == "BF16":
                 data = data.view(np.uint16)
             return HostTensor(_FLOAT_GGUF[kind], shape, data.reshape(shape))
+        if kind == "F64":  # rare, but lossless enough to take: the kernels compute in f32
+            return HostTensor("f32", shape, np.asarray(t.data).astype(np.float32).reshape(shape))
         if kind in KERNEL_BLOCK_FORMATS and len(shape) == 2:
             return HostTensor(KERNEL_BLOCK_FORMATS[kind], shape, np.asarray(t.data).reshape(shape[0], -1))
         from gguf.quants import dequantize
