@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 
 
@@ -67,51 +68,66 @@ def _source(args) -> int:
 
 
 def _run(args) -> int:
-    """`tt run`: one prompt, or an interactive chat when no prompt is given."""
+    """`tt run`: one prompt, or an interactive chat when no prompt is given. Problems with the
+    model, the device or the prompt end in one `tt: ...` line and a non-zero exit code."""
+    from jinja2 import TemplateError
+
     import tattletale as tt
     from tattletale.engine.llm import LLM, ContextOverflow
     from tattletale.models import ModelFileError, UnsupportedModel
 
-    if args.backend:
-        try:
-            tt.device(args.backend)
-        except Exception as exc:
-            available = sorted({b for b, _, _ in tt.devices()})
-            print(f"tt: backend {args.backend!r} is not available here ({exc}); available: "
-                  f"{', '.join(available) or 'none'}", file=sys.stderr)
-            return 2
     try:
-        llm = LLM(args.model, backend=args.backend, max_context=args.context, progress=sys.stderr.isatty())
-    except (ModelFileError, UnsupportedModel, OSError) as exc:
+        tt.device(args.backend) if args.backend else tt.device()
+    except Exception as exc:  # no driver, no device, package missing
+        available = sorted({b for b, _, _ in tt.devices()})
+        what = f"backend {args.backend!r}" if args.backend else "no compute device"
+        print(f"tt: {what} is not available here ({str(exc).splitlines()[0]}); available: "
+              f"{', '.join(available) or 'none'}", file=sys.stderr)
+        return 2
+    try:
+        llm = LLM(args.model, backend=args.backend, max_context=args.context,
+                  progress=sys.stderr.isatty())
+    except (ModelFileError, UnsupportedModel) as exc:
         print(f"tt: {exc}", file=sys.stderr)
         return 2
     sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, min_p=args.min_p, seed=args.seed)
     chat = args.chat if args.chat is not None else llm.template is not None
 
-    def generate(prompt_ids) -> bool:
+    def prompt_ids(messages: list[dict]) -> list[int]:
+        if chat:
+            return llm.chat_prompt(messages)
+        return llm.tokenizer.encode(messages[-1]["content"])
+
+    def generate(ids: list[int]) -> bool:
+        """Stream one answer and its summary; False when Ctrl-C stopped it."""
+        pieces = llm.stream(ids, **sampling)
+        interrupted = False
         try:
-            for piece in llm.stream(prompt_ids, **sampling):
+            for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        except ContextOverflow as exc:
-            print(f"\ntt: {exc}", file=sys.stderr)
-            return False
         except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            pieces.close()  # runs stream()'s cleanup now, so stats and last_ids are final
+        if interrupted:
             print("\n[interrupted]", file=sys.stderr)
         s = llm.stats
         reused = f", {s.reused_tokens} re-used from cache" if s.reused_tokens else ""
         print(f"\n[{s.prompt_tokens} prompt tokens{reused}, {s.prefill_tps:.1f} tok/s prefill; "
               f"{s.generated_tokens} generated, {s.decode_tps:.1f} tok/s decode; "
               f"{llm.device.backend} on {llm.device.name}]", file=sys.stderr)
-        return True
+        return not interrupted
 
     if args.prompt is not None:
-        if chat:
-            ids = llm.chat_prompt([{"role": "user", "content": args.prompt}])
-        else:
-            ids = llm.tokenizer.encode(args.prompt)
-        return 0 if generate(ids) else 1
+        try:
+            ids = prompt_ids([{"role": "user", "content": args.prompt}])
+            llm.check_fits(ids)  # before any computation
+        except (ContextOverflow, TemplateError) as exc:
+            print(f"tt: {_describe(exc)}", file=sys.stderr)
+            return 2
+        return 0 if generate(ids) else 130
     messages: list[dict] = []
     print(f"tattletale chat with {llm.path.name} on {llm.device.backend} ({llm.device.name}). "
           f"Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C while generating stops the answer.",
@@ -125,10 +141,55 @@ def _run(args) -> int:
         if not user.strip():
             continue
         messages.append({"role": "user", "content": user})
-        ids = llm.chat_prompt(messages) if chat else llm.tokenizer.encode(user)
+        try:
+            ids = _fit(llm, messages, prompt_ids) if chat else prompt_ids(messages)
+            llm.check_fits(ids)
+        except (ContextOverflow, TemplateError) as exc:
+            print(f"tt: {_describe(exc)}", file=sys.stderr)
+            messages.pop()
+            continue
         generate(ids)
-        answer = llm.tokenizer.decode(llm.last_ids)
-        messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "assistant", "content": llm.tokenizer.decode(llm.last_ids)})
+
+
+def _fit(llm, messages: list[dict], prompt_ids) -> list[int]:
+    """The conversation's prompt ids, dropping its oldest turns (a system message stays) while it
+    does not fit in the context; ContextOverflow when the newest message alone does not."""
+    from tattletale.engine.llm import ContextOverflow
+
+    while True:
+        ids = prompt_ids(messages)
+        try:
+            llm.check_fits(ids)
+            return ids
+        except ContextOverflow:
+            first = 1 if messages[0]["role"] == "system" else 0
+            if len(messages) - first <= 1:
+                raise
+            del messages[first: first + 2 if len(messages) - first > 2 else first + 1]
+            print("[the oldest turn was dropped to fit the context]", file=sys.stderr)
+
+
+def _describe(exc: Exception) -> str:
+    """One line for an exception shown to the user."""
+    from jinja2 import TemplateError
+
+    if isinstance(exc, TemplateError):
+        return f"the model's chat template failed: {exc}"
+    return str(exc)
+
+
+def _count(least: int):
+    """An argparse type: an integer ≥ least."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         "SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("-p", "--prompt", help="the prompt (without it: interactive chat)")
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest present")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--max-tokens", type=_count(0), default=256)
+    p.add_argument("--context", type=_count(2), default=None,
+                   help="context length in tokens, prompt and answer (default: the model's)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -164,7 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-chat", dest="chat", action="store_false")
     p.set_defaults(func=_run)
     args = ap.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C while loading: no traceback
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `tt run ... | head`: the reader left; stay quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("TT_TRACEBACK"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"tt: internal error: {type(exc).__name__}: {first} (set TT_TRACEBACK=1 for the "
+              f"traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -139,9 +139,11 @@ class PagePool:
     def incref(self, pages: Iterable[int]) -> None:
         """One more reference to each page (a page listed twice gets two)."""
         refs = self._refs
+        pages = list(pages)
         for p in pages:
             if refs[p] <= 0:
                 raise ValueError(f"page {p} is free: it cannot gain a reference")
+        for p in pages:
             refs[p] += 1
 
     def decref(self, pages: Iterable[int]) -> int:

@@ -20,6 +20,18 @@ from tattletale.models.llama import DecodeGraph, LlamaModel
 from tattletale.models.tokenizer import render_chat
 
 
+def _find_stop(text: str, stop: list[str], start: int) -> int:
+    """Where the first stop string in text[start:] begins, or -1."""
+    hits = [i for i in (text.find(s, start) for s in stop if s) if i >= 0]
+    return min(hits, default=-1)
+
+
+def _stop_prefix(text: str, stop: list[str]) -> int:
+    """The length of the longest end of text that is the beginning of a stop string."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1)
+                if text.endswith(s[:k])), default=0)
+
+
 class ContextOverflow(ValueError):
     """The prompt (plus at least one generated token) does not fit in the context."""
 
@@ -88,21 +100,32 @@ class LLM:
             text = render_chat(self.template, messages, self.tokenizer)
         return self.tokenizer.encode(text, add_special=not self.template)
 
+    def check_fits(self, ids: list[int]) -> None:
+        """Raise ContextOverflow unless the prompt leaves room for one generated token (the CLI
+        checks this before any computation; stream() checks again)."""
+        if len(ids) + 1 > self.max_context:
+            limit = self.config.max_positions
+            more = f"; the model allows up to {limit}" if self.max_context < limit else ""
+            raise ContextOverflow(f"the prompt has {len(ids)} tokens, but the context holds "
+                                  f"{self.max_context} (prompt and answer together){more}")
+
     def stream(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int | None = None,
                repetition_penalty: float = 1.0, stop: list[str] | None = None,
                ignore_eos: bool = False) -> Iterator[str]:
-        """Yield text pieces as tokens are generated; `self.stats` describes the run afterwards."""
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        """Yield text pieces as tokens are generated. Afterwards, even when the caller stops early
+        (close(), an exception, Ctrl-C), `self.stats`, `self.last_ids` and `self.finish_reason`
+        describe the run, and `cached_ids` lists exactly the tokens whose K/V the cache holds."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
-        if len(ids) + 1 > self.max_context:
-            raise ContextOverflow(f"the prompt has {len(ids)} tokens; the context holds "
-                                  f"{self.max_context}")
+        self.check_fits(ids)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty,
                                 seed=seed if seed is not None else int(np.random.randint(2**31)))
         stats = self.stats = Stats(prompt_tokens=len(ids))
+        generated: list[int] = []
+        self.last_ids, self.finish_reason = generated, "interrupted"
         # re-use the cached prefix (at least one prompt token must run to produce logits)
         common = 0
         for a, b in zip(self.cached_ids, ids[:-1]):
@@ -113,50 +136,56 @@ class LLM:
         self.cached_ids = self.cached_ids[:common]
         stats.reused_tokens = common
         t0 = time.perf_counter()
-        logits = self.model.forward(ids[common:], self.cache)
-        self.cached_ids = list(ids)
-        generated: list[int] = []
-        decoder = self.tokenizer.stream()
-        text = ""
-        finish = "length"
-        # Decode steps replay one recorded launch sequence, sampling included; penalties need
-        # the host-side token history, so they take the step-by-step path.
-        graph = DecodeGraph(self.model, self.cache, params) if (
-            repetition_penalty == 1.0 and self.use_graphs) else None
-        token = -1
-        for step in range(max_tokens):
-            if step == 0 or graph is None:
-                history = ids + generated if repetition_penalty != 1.0 else None
-                token = int(sample(logits, [params], [len(self.cached_ids) - 1],
-                                   [history] if history else None)[0])
+        try:
+            logits = self.model.forward(ids[common:], self.cache)
+            self.cached_ids = list(ids)
+            decoder = self.tokenizer.stream()
+            text, emitted, cut = "", 0, -1  # emitted: characters of text yielded so far
+            finish = "length"
+            # Decode steps replay one recorded launch sequence, sampling included; penalties need
+            # the host-side token history, so they take the step-by-step path.
+            graph = DecodeGraph(self.model, self.cache, params) if (
+                repetition_penalty == 1.0 and self.use_graphs) else None
+            token = -1
+            for step in range(max_tokens):
+                if step == 0 or graph is None:
+                    history = ids + generated if repetition_penalty != 1.0 else None
+                    token = int(sample(logits, [params], [len(self.cached_ids) - 1],
+                                       [history] if history else None)[0])
+                else:
+                    token = graph.step(token)  # runs the previous token, samples the next
+                    self.cached_ids.append(generated[-1])
+                if step == 0:
+                    stats.prefill_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                generated.append(token)
+                stats.generated_tokens = len(generated)
+                if token in self.eos_ids and not ignore_eos:
+                    finish = "stop"
+                    break
+                text += decoder.push(token)
+                # a stop string may span tokens: text that could begin one is held back
+                cut = _find_stop(text, stop, emitted) if stop else -1
+                end = cut if cut >= 0 else len(text) - (_stop_prefix(text, stop) if stop else 0)
+                if end > emitted:
+                    yield text[emitted:end]
+                    emitted = end
+                if cut >= 0:
+                    finish = "stop"
+                    break
+                if step + 1 == max_tokens or len(self.cached_ids) + 1 >= self.max_context:
+                    break
+                if graph is None:
+                    logits = self.model.forward([token], self.cache)
+                    self.cached_ids.append(token)
+            if cut < 0 and emitted < len(text):  # held back, but no stop string came
+                yield text[emitted:]
+            self.finish_reason = finish
+        finally:  # also on close() and exceptions (Ctrl-C): the stats describe what ran
+            if stats.generated_tokens:
+                stats.decode_s = time.perf_counter() - t0
             else:
-                token = graph.step(token)
-            if step == 0:
                 stats.prefill_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-            generated.append(token)
-            stats.generated_tokens = len(generated)
-            if token in self.eos_ids and not ignore_eos:
-                finish = "stop"
-                break
-            piece = decoder.push(token)
-            text += piece
-            if stop and any(s in text for s in stop):
-                cut = min(text.index(s) for s in stop if s in text)
-                piece = piece[: max(0, len(piece) - (len(text) - cut))]
-                if piece:
-                    yield piece
-                finish = "stop"
-                break
-            if piece:
-                yield piece
-            if step + 1 == max_tokens or len(self.cached_ids) + 1 >= self.max_context:
-                break
-            if graph is None:
-                logits = self.model.forward([token], self.cache)
-            self.cached_ids.append(token)
-        stats.decode_s = time.perf_counter() - t0
-        self.last_ids, self.finish_reason = generated, finish
 
     def generate(self, prompt: str | list[int], **kwargs) -> Generation:
         text = "".join(self.stream(prompt, **kwargs))

@@ -182,8 +182,23 @@ def gemm_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                 y[m * N + n] = v
 
 
+def gemv_rows(n: int, m: int, lanes: int, fmt: str) -> int:
+    """Output rows per lane group: more rows reuse each register copy of x (x traffic is 6× the
+    weight traffic for Q4 formats, 2× for 16-bit weights) but leave fewer lane groups to keep
+    memory busy. Thresholds from benchmarks/tune_gemv.py on an H200."""
+    if m > 4:
+        return 1
+    quant = fmt in ("q8_0", "q4_0", "q4_1")
+    rows, min_threads = (4, 1 << 16) if quant else (2, 1 << 17)
+    if m > 1:
+        rows = min(rows, 2)
+    while rows > 1 and n // rows * lanes < min_threads:
+        rows //= 2
+    return rows
+
+
 def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | None = None,
-           out: Tensor | None = None) -> Tensor:
+           out: Tensor | None = None, rows: int | None = None) -> Tensor:
     """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
 
     Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run the tiled GEMM.
@@ -212,10 +227,10 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     block = max(64, lanes)
     for m0 in range(0, m, MAX_GEMV_ROWS):
         mt = min(MAX_GEMV_ROWS, m - m0)
-        rows = 4 if mt == 1 else (2 if mt <= 4 else 1)  # x registers: M × chunk per row group
+        r = rows or gemv_rows(n, mt, lanes, w.fmt)
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
-        gemv_kernel[-(-n // (block // lanes * rows)), block](
+        gemv_kernel[-(-n // (block // lanes * r)), block](
             x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, w.fmt, block,
-            lanes, rows, bias is not None, residual is not None)
+            lanes, r, bias is not None, residual is not None)
     return out
