@@ -23,7 +23,9 @@ cache: naga translates WGSL in milliseconds, and drivers keep their own shader c
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 import time
 
 import numpy as np
@@ -48,6 +50,12 @@ fn main(@builtin(subgroup_size) n: u32, @builtin(local_invocation_index) i: u32)
 
 
 def _wgpu():
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # wgpu-native's Vulkan instance probes Wayland, which prints an error to the terminal on
+        # machines without a session; a private empty runtime dir keeps the probe quiet.
+        path = tempfile.mkdtemp(prefix="tt-xdg-")
+        os.chmod(path, 0o700)
+        os.environ["XDG_RUNTIME_DIR"] = path
     import wgpu
 
     return wgpu
