@@ -19,6 +19,7 @@ import statistics
 import time
 
 import numpy as np
+from common import device_ms
 
 import tattletale as tt
 
@@ -44,19 +45,6 @@ def saxpy4(a: tt.f32, x: tt.Buffer[tt.f32], y: tt.Buffer[tt.f32], n4: tt.i32):
         xv = tt.vload(x, i, 4)
         yv = tt.vload(y, i, 4)
         tt.vstore(y, i, tt.vec(a * xv.x + yv.x, a * xv.y + yv.y, a * xv.z + yv.z, a * xv.w + yv.w))
-
-
-def device_ms(dev, fn, reps: int) -> float:
-    """Median device time of `fn()` in ms, measured with events."""
-    fn()
-    dev.synchronize()
-    times = []
-    for _ in range(reps):
-        start = dev.event()
-        fn()
-        end = dev.event()
-        times.append(start.elapsed_ms(end))
-    return statistics.median(times)
 
 
 def launch_overhead(dev, n_launch: int) -> tuple[float, float]:
