@@ -22,28 +22,33 @@ def kv_index(seq_base, t, h, d, n_kv, D):
 
 
 @tt.kernel
-def kv_write_kernel(src: tt.Buffer, cache: tt.Buffer, positions: tt.Buffer[tt.i32], n_tokens: tt.i32,
+def kv_write_kernel(k_src: tt.Buffer, v_src: tt.Buffer, k_cache: tt.Buffer, v_cache: tt.Buffer,
+                    positions: tt.Buffer[tt.i32], n_tokens: tt.i32, src_stride: tt.i32,
                     n_kv: tt.i32, D: tt.constexpr):
-    """Store the K (or V) rows of n_tokens new tokens at their positions in a sequence's cache."""
+    """Store the K and V rows of n_tokens new tokens (rows src_stride apart) at their positions."""
     i = tt.global_id(0)
     row = n_kv * D
     if i < n_tokens * row:
         t = i // row
         e = i % row
-        cache[kv_index(0, positions[t], e // D, e % D, n_kv, D)] = src[i]
+        dst = kv_index(0, positions[t], e // D, e % D, n_kv, D)
+        k_cache[dst] = k_src[t * src_stride + e]
+        v_cache[dst] = v_src[t * src_stride + e]
 
 
-def kv_write(src: Tensor, cache: Tensor, positions: Tensor, n_kv: int, head_dim: int) -> None:
-    """cache[positions[t]] = src[t] for each new token t (src: [T, n_kv * head_dim])."""
-    n = src.size
-    kv_write_kernel[-(-n // 256), 256](src, cache, positions, positions.size, n_kv, head_dim)
+def kv_write(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, n_kv: int,
+             head_dim: int, src_stride: int | None = None) -> None:
+    """k_cache[positions[t]] = k[t], v_cache[positions[t]] = v[t] for each new token t."""
+    n = positions.size * n_kv * head_dim
+    kv_write_kernel[-(-n // 256), 256](k, v, k_cache, v_cache, positions, positions.size,
+                                       src_stride or n_kv * head_dim, n_kv, head_dim)
 
 
 @tt.kernel
 def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: tt.Buffer[tt.i32],
                             part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32], max_len: tt.i32,
                             n_heads: tt.i32, n_kv: tt.i32, chunk: tt.i32, window: tt.i32,
-                            scale: tt.f32, D: tt.constexpr, BLOCK: tt.constexpr):
+                            scale: tt.f32, q_stride: tt.i32, D: tt.constexpr, BLOCK: tt.constexpr):
     """Workgroup (b·H + h, split s) attends query head h of sequence b to keys of chunk s.
 
     Each subgroup takes every NSG-th key; its lanes split the head dimension (D/SG values each)
@@ -70,7 +75,7 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
     qv = tt.array((DL,), tt.f32)
     o = tt.array((DL,), tt.f32)
     for j in tt.static_range(DL):
-        qv[j] = tt.f32(q[(b * n_heads + h) * D + lane * DL + j]) * scale
+        qv[j] = tt.f32(q[b * q_stride + h * D + lane * DL + j]) * scale
         o[j] = 0.0
     m = NEG_INF
     denom = 0.0
@@ -149,7 +154,8 @@ def decode_splits(longest: int, chunk: int = DECODE_CHUNK) -> int:
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, n_kv: int,
                      out: Tensor | None = None, window: int = 0, scale: float | None = None,
                      chunk: int = DECODE_CHUNK, longest: int | None = None,
-                     partials: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                     partials: tuple[Tensor, Tensor] | None = None,
+                     q_stride: int | None = None) -> Tensor:
     """One query token per sequence over its whole KV history.
 
     q: [B, H, D]; k_cache, v_cache: [B, max_len, n_kv, D]; lengths: [B] i32 (valid tokens);
@@ -173,7 +179,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
     out = out if out is not None else dev.empty(q.shape, tt.f32)
     decode_attention_kernel[(bsz * n_heads, n_splits), block](
         q, k_cache, v_cache, lengths, part_o, part_ml, max_len, n_heads, n_kv, chunk, window, scale,
-        d, block)
+        q_stride or n_heads * d, d, block)
     combine_splits_kernel[bsz * n_heads, d](part_o, part_ml, out, n_splits, d)
     return out
 
@@ -181,8 +187,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
 @tt.kernel
 def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.Buffer,
                              n_q: tt.i32, n_kv_tokens: tt.i32, n_heads: tt.i32, n_kv: tt.i32,
-                             window: tt.i32, scale: tt.f32, D: tt.constexpr, BQ: tt.constexpr,
-                             BK: tt.constexpr):
+                             window: tt.i32, scale: tt.f32, q_stride: tt.i32, D: tt.constexpr,
+                             BQ: tt.constexpr, BK: tt.constexpr):
     """Causal attention of n_q queries (the last n_q of n_kv_tokens positions) for one head.
 
     Workgroup (query block, head): each thread owns one query row and its output accumulator;
@@ -200,7 +206,7 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
     o = tt.array((D,), tt.f32)
     if row < n_q:
         for d in tt.static_range(D):
-            qv[d] = tt.f32(q[(row * n_heads + h) * D + d]) * scale
+            qv[d] = tt.f32(q[row * q_stride + h * D + d]) * scale
     for d in tt.static_range(D):
         o[d] = 0.0
     m = NEG_INF
@@ -241,7 +247,8 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
 
 
 def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | None = None,
-                      window: int = 0, scale: float | None = None) -> Tensor:
+                      window: int = 0, scale: float | None = None,
+                      q_stride: int | None = None) -> Tensor:
     """Causal attention for one sequence: q [T, H, D] are the last T of the k, v [T_kv, n_kv, D]
     positions (T_kv ≥ T, so a prompt can extend a cached prefix)."""
     n_q, n_heads, d = q.shape
@@ -250,5 +257,6 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | 
     bq, bk = 64, 16 if d > 64 else 32
     out = out if out is not None else q.device.empty(q.shape, tt.f32)
     prefill_attention_kernel[(-(-n_q // bq), n_heads), bq](
-        q, k, v, out, n_q, n_kv_tokens, n_heads, n_kv, window, scale, d, bq, bk)
+        q, k, v, out, n_q, n_kv_tokens, n_heads, n_kv, window, scale, q_stride or n_heads * d, d,
+        bq, bk)
     return out

@@ -23,6 +23,16 @@ def silu_mul_kernel(gate: tt.Buffer, up: tt.Buffer, out: tt.Buffer, n: tt.i32):
 
 
 @tt.kernel
+def swiglu_kernel(gate_up: tt.Buffer, out: tt.Buffer, inter: tt.i32, n: tt.i32):
+    """out[t, i] = silu(gate_up[t, i]) · gate_up[t, inter + i]: the fused gate|up projection."""
+    i = tt.global_id(0)
+    if i < n:
+        t = i // inter
+        j = i % inter
+        out[i] = silu(tt.f32(gate_up[t * 2 * inter + j])) * gate_up[t * 2 * inter + inter + j]
+
+
+@tt.kernel
 def gelu_kernel(x: tt.Buffer, out: tt.Buffer, n: tt.i32, TANH: tt.constexpr):
     i = tt.global_id(0)
     if i < n:
@@ -55,6 +65,14 @@ def silu_mul(gate: Tensor, up: Tensor, out: Tensor | None = None) -> Tensor:
     """silu(gate) * up, the SwiGLU activation of Llama-style MLPs."""
     out = _out(gate, out)
     silu_mul_kernel[_grid(gate.size), BLOCK](gate, up, out, gate.size)
+    return out
+
+
+def swiglu(gate_up: Tensor, inter: int, out: Tensor | None = None) -> Tensor:
+    """silu(gate) * up for rows [gate | up] of width 2·inter (a fused gate/up projection)."""
+    rows = gate_up.size // (2 * inter)
+    out = out if out is not None else gate_up.device.empty((rows, inter), gate_up.dtype)
+    swiglu_kernel[_grid(rows * inter), BLOCK](gate_up, out, inter, rows * inter)
     return out
 
 

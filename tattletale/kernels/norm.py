@@ -10,11 +10,14 @@ from .reduce import block_sum, pick_block
 
 @tt.kernel
 def rmsnorm_kernel(x: tt.Buffer, residual: tt.Buffer, w: tt.Buffer, out: tt.Buffer, n: tt.i32,
-                   eps: tt.f32, BLOCK: tt.constexpr, ADD_RESIDUAL: tt.constexpr):
-    """One workgroup per row. With ADD_RESIDUAL: residual += x (in place), out = norm(residual)."""
+                   group: tt.i32, stride: tt.i32, eps: tt.f32, BLOCK: tt.constexpr,
+                   ADD_RESIDUAL: tt.constexpr):
+    """One workgroup per row. Rows come in groups of `group` consecutive rows, groups `stride`
+    elements apart (per-head norms inside a fused QKV row). With ADD_RESIDUAL: residual += x (in
+    place), out = norm(residual)."""
     row = tt.group_id(0)
     t = tt.local_id(0)
-    base = row * n
+    base = (row // group) * stride + (row % group) * n
     ss = 0.0
     for c in range(t, n, BLOCK):
         v = tt.f32(x[base + c])
@@ -41,5 +44,15 @@ def rmsnorm(x: Tensor, weight: Tensor, eps: float, out: Tensor | None = None,
         out = x.device.empty(x.shape, x.dtype)
     block = pick_block(n // 4)
     res = residual if residual is not None else x
-    rmsnorm_kernel[rows, block](x, res, weight, out, n, eps, block, residual is not None)
+    rmsnorm_kernel[rows, block](x, res, weight, out, n, 1, n, eps, block, residual is not None)
     return out
+
+
+def rmsnorm_heads_(x: Tensor, weight: Tensor, eps: float, n_tokens: int, n_heads: int,
+                   head_dim: int, row_stride: int) -> Tensor:
+    """Normalize each head in place (Qwen3's q/k norms): token t's heads are contiguous at
+    x[t * row_stride], so q and k can stay inside a fused QKV projection."""
+    block = pick_block(head_dim // 4)
+    rmsnorm_kernel[n_tokens * n_heads, block](x, x, weight, x, head_dim, n_heads, row_stride, eps,
+                                              block, False)
+    return x

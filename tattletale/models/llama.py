@@ -27,10 +27,10 @@ from tattletale.kernels.attention import (
     kv_write,
     prefill_attention,
 )
-from tattletale.kernels.elementwise import silu_mul
+from tattletale.kernels.elementwise import swiglu
 from tattletale.kernels.embedding import embedding
 from tattletale.kernels.matmul import linear
-from tattletale.kernels.norm import rmsnorm
+from tattletale.kernels.norm import rmsnorm, rmsnorm_heads_
 from tattletale.kernels.quant import Weight
 from tattletale.kernels.rope import rope_, rope_inv_freq
 from tattletale.runtimes import Device, Tensor
@@ -41,18 +41,16 @@ from .loader import HostTensor, ModelFile
 
 @dataclass
 class Layer:
+    """One block's weights. Q, K and V (and gate and up) are fused row-wise into one matrix, so a
+    step runs one GEMV for each pair of projections instead of three (two)."""
+
     attn_norm: Tensor
-    wq: Weight
-    wk: Weight
-    wv: Weight
+    wqkv: Weight  # rows: q (n_heads·head_dim), k, v (n_kv_heads·head_dim each)
     wo: Weight
     ffn_norm: Tensor
-    w_gate: Weight
-    w_up: Weight
+    w_gate_up: Weight  # rows: gate (intermediate), up (intermediate)
     w_down: Weight
-    bq: Tensor | None = None
-    bk: Tensor | None = None
-    bv: Tensor | None = None
+    bqkv: Tensor | None = None
     q_norm: Tensor | None = None
     k_norm: Tensor | None = None
 
@@ -77,6 +75,32 @@ def _upload(dev: Device, t: HostTensor) -> Weight:
     return Weight.from_gguf_blocks(dev, t.data, t.fmt, t.shape)
 
 
+def _fuse(parts: list[HostTensor]) -> HostTensor:
+    """Stack matrices (or vectors) row-wise. Rows of every format are independent, so same-format
+    parts concatenate as stored; mixed formats meet in f16."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    if len({p.fmt for p in parts}) == 1:
+        data = np.concatenate([np.asarray(p.data).reshape(p.shape[0], -1) for p in parts])
+        shape = (rows, *parts[0].shape[1:])
+        return HostTensor(parts[0].fmt, shape, data.reshape(shape) if parts[0].fmt in
+                          ("f32", "f16", "bf16") else data)
+    data = np.concatenate([_host_float(p) for p in parts]).astype(np.float16)
+    return HostTensor("f16", (rows, *parts[0].shape[1:]), data)
+
+
+def _host_float(t: HostTensor) -> np.ndarray:
+    if t.fmt == "bf16":
+        return tt.from_bf16_bits(t.data).reshape(t.shape)
+    if t.fmt in ("f32", "f16"):
+        return np.asarray(t.data, np.float32).reshape(t.shape)
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return dequantize(np.asarray(t.data), GGMLQuantizationType[t.fmt.upper()]).reshape(t.shape)
+
+
 def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
     """(names, weight, vector) factories producing random weights of cfg's shapes on the device."""
     from tattletale.kernels.random import fill_uniform_
@@ -84,8 +108,9 @@ def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
     shapes = expected_shapes(cfg)
     seed = iter(range(1, 1 << 30))
 
-    def weight(name: str) -> Weight:
-        n, k = shapes[name.rsplit(".", 1)[-1]]
+    def weight(*names: str) -> Weight:
+        n = sum(shapes[name.rsplit(".", 1)[-1]][0] for name in names)
+        k = shapes[names[0].rsplit(".", 1)[-1]][1]
         bound = 1.0 / np.sqrt(k)
         if fmt in ("f32", "f16", "bf16"):
             data = fill_uniform_(dev.empty((n, k), fmt), next(seed), -bound, bound)
@@ -96,7 +121,7 @@ def _random_source(dev: Device, cfg: ModelConfig, fmt: str):
             if fmt == "q4_1" else None
         return Weight(fmt, (n, k), words, scales, mins)
 
-    def vector(name: str) -> Tensor:
+    def vector(*names: str) -> Tensor:
         return fill_uniform_(dev.empty(cfg.hidden, tt.f32), next(seed), 0.9, 1.1)
 
     return set(), weight, vector
@@ -147,8 +172,13 @@ class LlamaModel:
         if model is not None:
             names = set(model.names())
             shapes = expected_shapes(cfg)
-            weight = lambda name: _upload(dev, _checked(model.get(name), name, shapes))  # noqa: E731
-            vector = lambda name: _vector(dev, _checked(model.get(name), name, shapes))  # noqa: E731
+
+            def weight(*names: str) -> Weight:
+                return _upload(dev, _fuse([_checked(model.get(n), n, shapes) for n in names]))
+
+            def vector(*names: str) -> Tensor:
+                return _vector(dev, _fuse([_checked(model.get(n), n, shapes) for n in names]))
+
         else:
             names, weight, vector = _random_source(dev, cfg, random_format)
         self.embed = weight("token_embd")
@@ -156,16 +186,17 @@ class LlamaModel:
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
 
-            def opt(name, p=p):
-                return vector(p + name) if p + name in names else None
+            def opt(*kinds, p=p):
+                return vector(*(p + k for k in kinds)) if p + kinds[0] in names else None
 
             if progress:
                 print(f"\rloading layer {i + 1}/{cfg.n_layers}", end="", file=sys.stderr, flush=True)
             layers.append(Layer(
-                attn_norm=vector(p + "attn_norm"), wq=weight(p + "attn_q"), wk=weight(p + "attn_k"),
-                wv=weight(p + "attn_v"), wo=weight(p + "attn_output"), ffn_norm=vector(p + "ffn_norm"),
-                w_gate=weight(p + "ffn_gate"), w_up=weight(p + "ffn_up"), w_down=weight(p + "ffn_down"),
-                bq=opt("attn_q.bias"), bk=opt("attn_k.bias"), bv=opt("attn_v.bias"),
+                attn_norm=vector(p + "attn_norm"),
+                wqkv=weight(p + "attn_q", p + "attn_k", p + "attn_v"), wo=weight(p + "attn_output"),
+                ffn_norm=vector(p + "ffn_norm"), w_gate_up=weight(p + "ffn_gate", p + "ffn_up"),
+                w_down=weight(p + "ffn_down"),
+                bqkv=opt("attn_q.bias", "attn_k.bias", "attn_v.bias"),
                 q_norm=opt("attn_q_norm"), k_norm=opt("attn_k_norm")))
         if progress:
             print("", file=sys.stderr)
@@ -182,7 +213,7 @@ class LlamaModel:
         """Bytes of weights a decode step reads (embeddings: one row; tied lm_head: all)."""
         total = self.lm_head.nbytes + self.out_norm.nbytes
         for layer in self.layers:
-            for w in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down):
+            for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down):
                 total += w.nbytes
         return total
 
@@ -211,44 +242,38 @@ class LlamaModel:
         cfg = self.cfg
         n = ws.n
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        h, x, q, attn = ws.h, ws.x, ws.q, ws.attn
+        h, x, attn = ws.h, ws.x, ws.attn
         embedding(self.embed, ws.ids, out=h)
+        qkv_width = (nh + 2 * nkv) * hd  # a token's row of the fused projection: q | k | v
+        qkv = ws.qkv
+        k_new = qkv.view(nh * hd, (n, nkv * hd))
+        v_new = qkv.view((nh + nkv) * hd, (n, nkv * hd))
         for i, layer in enumerate(self.layers):
             rmsnorm(h, layer.attn_norm, cfg.rms_eps, out=x)
-            if start is not None:  # prefill: project K/V straight into their cache rows
-                k = cache.k[i].view(start * nkv * hd, (n, nkv * hd))
-                v = cache.v[i].view(start * nkv * hd, (n, nkv * hd))
-            else:
-                k, v = ws.k, ws.v
-            linear(x, layer.wq, bias=layer.bq, out=q)
-            linear(x, layer.wk, bias=layer.bk, out=k)
-            linear(x, layer.wv, bias=layer.bv, out=v)
+            linear(x, layer.wqkv, bias=layer.bqkv, out=qkv)
             if layer.q_norm is not None:
-                rmsnorm(q.reshape(n * nh, hd), layer.q_norm, cfg.rms_eps, out=q.reshape(n * nh, hd))
-                rmsnorm(k.reshape(n * nkv, hd), layer.k_norm, cfg.rms_eps, out=k.reshape(n * nkv, hd))
-            rope_(q, ws.positions, self.inv_freq, nh, hd, cfg.rope_neox)
-            rope_(k, ws.positions, self.inv_freq, nkv, hd, cfg.rope_neox)
-            if start is None:
-                kv_write(k, cache.k[i], ws.positions, nkv, hd)
-                kv_write(v, cache.v[i], ws.positions, nkv, hd)
+                rmsnorm_heads_(qkv, layer.q_norm, cfg.rms_eps, n, nh, hd, qkv_width)
+                rmsnorm_heads_(k_new, layer.k_norm, cfg.rms_eps, n, nkv, hd, qkv_width)
+            # q's and k's heads are adjacent in each row: one rotation launch covers both
+            rope_(qkv, ws.positions, self.inv_freq, nh + nkv, hd, cfg.rope_neox, row_stride=qkv_width)
+            kv_write(k_new, v_new, cache.k[i], cache.v[i], ws.positions, nkv, hd, qkv_width)
+            q = qkv.view(0, (n, nh, hd))
             if n == 1:
                 kc = cache.k[i].reshape(1, cache.max_len, nkv, hd)
                 vc = cache.v[i].reshape(1, cache.max_len, nkv, hd)
                 graph = start is None
-                decode_attention(q.reshape(1, nh, hd), kc, vc, ws.lengths, nkv, out=attn,
-                                 window=cfg.sliding_window,
+                decode_attention(q, kc, vc, ws.lengths, nkv, out=attn, window=cfg.sliding_window,
                                  longest=ws.splits * DECODE_CHUNK if graph else start + 1,
-                                 partials=ws.partials if graph else None)
+                                 partials=ws.partials if graph else None, q_stride=qkv_width)
             else:
                 kc = cache.k[i].view(0, (start + n, nkv, hd))
                 vc = cache.v[i].view(0, (start + n, nkv, hd))
-                prefill_attention(q.reshape(n, nh, hd), kc, vc, nkv, out=attn,
-                                  window=cfg.sliding_window)
+                prefill_attention(q, kc, vc, nkv, out=attn, window=cfg.sliding_window,
+                                  q_stride=qkv_width)
             linear(attn.reshape(n, nh * hd), layer.wo, residual=h, out=h)
             rmsnorm(h, layer.ffn_norm, cfg.rms_eps, out=x)
-            linear(x, layer.w_gate, out=ws.gate)
-            linear(x, layer.w_up, out=ws.up)
-            linear(silu_mul(ws.gate, ws.up, out=ws.gate), layer.w_down, residual=h, out=h)
+            linear(x, layer.w_gate_up, out=ws.gate_up)
+            linear(swiglu(ws.gate_up, cfg.intermediate, out=ws.act), layer.w_down, residual=h, out=h)
         if all_logits:
             rmsnorm(h, self.out_norm, cfg.rms_eps, out=x)
             ws.all_logits = linear(x, self.lm_head)
@@ -273,12 +298,10 @@ class Workspace:
         self.lengths = self.step.view(2 * n, 1)
         self.h = dev.empty((n, cfg.hidden), tt.f32)
         self.x = dev.empty((n, cfg.hidden), tt.f32)
-        self.q = dev.empty((n, cfg.n_heads * hd), tt.f32)
-        self.k = dev.empty((n, cfg.n_kv_heads * hd), tt.f32)
-        self.v = dev.empty((n, cfg.n_kv_heads * hd), tt.f32)
+        self.qkv = dev.empty((n, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd), tt.f32)
         self.attn = dev.empty((n, cfg.n_heads, hd), tt.f32)
-        self.gate = dev.empty((n, cfg.intermediate), tt.f32)
-        self.up = dev.empty((n, cfg.intermediate), tt.f32)
+        self.gate_up = dev.empty((n, 2 * cfg.intermediate), tt.f32)
+        self.act = dev.empty((n, cfg.intermediate), tt.f32)
         self.normed = dev.empty((1, cfg.hidden), tt.f32)
         self.logits = dev.empty((1, cfg.vocab), tt.f32)
         self.all_logits: Tensor | None = None
