@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import warnings
 
 
 def _devices(args) -> int:
@@ -79,9 +80,12 @@ def _run(args) -> int:
     try:
         tt.device(args.backend) if args.backend else tt.device()
     except Exception as exc:  # no driver, no device, package missing
+        reason = str(exc).splitlines()[0]
+        if not args.backend:
+            print(f"tt: no compute device found ({reason})", file=sys.stderr)
+            return 2
         available = sorted({b for b, _, _ in tt.devices()})
-        what = f"backend {args.backend!r}" if args.backend else "no compute device"
-        print(f"tt: {what} is not available here ({str(exc).splitlines()[0]}); available: "
+        print(f"tt: backend {args.backend!r} is not available here ({reason}); available: "
               f"{', '.join(available) or 'none'}", file=sys.stderr)
         return 2
     try:
@@ -111,11 +115,10 @@ def _run(args) -> int:
             interrupted = True
         finally:
             pieces.close()  # runs stream()'s cleanup now, so stats and last_ids are final
-        if interrupted:
-            print("\n[interrupted]", file=sys.stderr)
+        print("\n[interrupted]" if interrupted else "", file=sys.stderr)  # ends the answer's line
         s = llm.stats
         reused = f", {s.reused_tokens} re-used from cache" if s.reused_tokens else ""
-        print(f"\n[{s.prompt_tokens} prompt tokens{reused}, {s.prefill_tps:.1f} tok/s prefill; "
+        print(f"[{s.prompt_tokens} prompt tokens{reused}, {s.prefill_tps:.1f} tok/s prefill; "
               f"{s.generated_tokens} generated, {s.decode_tps:.1f} tok/s decode; "
               f"{llm.device.backend} on {llm.device.name}]", file=sys.stderr)
         return not interrupted
@@ -179,6 +182,11 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one `tt: warning: ...` line (not Python's file:line and source echo)."""
+    print(f"tt: warning: {message}", file=sys.stderr)
+
+
 def _count(least: int):
     """An argparse type: an integer ≥ least."""
     def parse(text: str) -> int:
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-chat", dest="chat", action="store_false")
     p.set_defaults(func=_run)
     args = ap.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C while loading: no traceback

@@ -64,10 +64,10 @@ class ModelConfig:
         return ARCHITECTURES[arch]
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> ModelConfig:
+    def from_hf(cls, cfg: dict, source: str = "config.json") -> ModelConfig:
         arch = cfg.get("model_type", "llama")
         fam = cls._family(arch)
-        need = lambda key: _need(cfg, key, "config.json")  # noqa: E731
+        need = lambda key: _need(cfg, key, source)  # noqa: E731
         if cfg.get("quantization_config"):
             method = cfg["quantization_config"].get("quant_method", "?")
             raise UnsupportedModel(f"quantized HF checkpoints ({method}) are not supported; use an "
@@ -95,7 +95,8 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_gguf(cls, meta: dict, has_output: bool, n_vocab: int | None = None) -> ModelConfig:
+    def from_gguf(cls, meta: dict, has_output: bool, n_vocab: int | None = None,
+                  source: str = "the GGUF metadata") -> ModelConfig:
         """`n_vocab`: the token-embedding rows, for files without `{arch}.vocab_size` (older ones)."""
         arch = meta.get("general.architecture", "llama")
         fam = cls._family(arch)
@@ -104,7 +105,7 @@ class ModelConfig:
             return meta.get(f"{arch}.{key}", default)
 
         def need(key):
-            return _need(meta, f"{arch}.{key}", "the GGUF metadata")
+            return _need(meta, f"{arch}.{key}", source)
 
         hidden = int(need("embedding_length"))
         n_heads = int(need("attention.head_count"))
@@ -114,8 +115,8 @@ class ModelConfig:
             scaling = {"rope_type": kind or "linear", "factor": float(get("rope.scaling.factor", 1.0))}
         vocab = get("vocab_size") or n_vocab
         if not vocab:
-            raise ModelFileError(f"the GGUF metadata lacks '{arch}.vocab_size' and there is no "
-                                 f"token_embd tensor")
+            raise ModelFileError(f"{source} lacks '{arch}.vocab_size' and there is no token_embd "
+                                 f"tensor")
         eos = meta.get("tokenizer.ggml.eos_token_id")
         return cls(
             arch=arch, hidden=hidden, intermediate=int(need("feed_forward_length")),

@@ -115,6 +115,7 @@ class GGUFModel(ModelFile):
             except Exception:
                 continue
         self.tensors = {t.name: t for t in self.reader.tensors}
+        self._converted: set[str] = set()  # block formats already reported as converted
         end = max((t.data_offset + t.n_bytes for t in self.reader.tensors), default=0)
         if end > path.stat().st_size:
             raise ModelFileError(f"GGUF file {path} is truncated ({path.stat().st_size} bytes, "
@@ -122,7 +123,8 @@ class GGUFModel(ModelFile):
         embd = self.tensors.get("token_embd.weight")
         try:
             self.config = ModelConfig.from_gguf(self.meta, has_output="output.weight" in self.tensors,
-                                                n_vocab=int(embd.shape[-1]) if embd is not None else None)
+                                                n_vocab=int(embd.shape[-1]) if embd is not None else None,
+                                                source=f"the metadata of {path}")
         except (ModelFileError, UnsupportedModel):
             raise
         except (TypeError, ValueError) as exc:
@@ -158,8 +160,10 @@ class GGUFModel(ModelFile):
         except NotImplementedError:
             raise UnsupportedModel(f"tensor {t.name} has type {kind}, which neither tattletale's "
                                    f"kernels nor the gguf package can decode") from None
-        warnings.warn(f"{t.name}: {kind} is converted to f16 at load (the kernels decode "
-                      f"{', '.join(KERNEL_BLOCK_FORMATS)} directly)", stacklevel=2)
+        if kind not in self._converted:  # once per type: a K-quant model has hundreds of tensors
+            self._converted.add(kind)
+            warnings.warn(f"{kind} tensors are converted to f16 at load (the kernels decode "
+                          f"{', '.join(KERNEL_BLOCK_FORMATS)} directly)", stacklevel=2)
         return HostTensor("f16", shape, values.reshape(shape).astype(np.float16))
 
     def tokenizer(self):
@@ -182,7 +186,7 @@ class HFModel(ModelFile):
             raise ModelFileError(f"{path} has no config.json: not an HF model directory")
         self.hf_config = read_json(cfg_path)
         try:
-            self.config = ModelConfig.from_hf(self.hf_config)
+            self.config = ModelConfig.from_hf(self.hf_config, source=str(cfg_path))
         except (ModelFileError, UnsupportedModel):
             raise
         except (TypeError, ValueError, AttributeError) as exc:
