@@ -91,6 +91,7 @@ class LLM:
         self.stats = Stats()
         # TT_GRAPHS=0 launches every decode step's kernels one by one (for debugging)
         self.use_graphs = os.environ.get("TT_GRAPHS", "1") != "0"
+        self._graph: DecodeGraph | None = None
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template."""
@@ -144,8 +145,13 @@ class LLM:
             finish = "length"
             # Decode steps replay one recorded launch sequence, sampling included; penalties need
             # the host-side token history, so they take the step-by-step path.
-            graph = DecodeGraph(self.model, self.cache, params) if (
-                repetition_penalty == 1.0 and self.use_graphs) else None
+            graph = None
+            if repetition_penalty == 1.0 and self.use_graphs:
+                if self._graph is None:  # recorded once, re-used by every later call
+                    self._graph = DecodeGraph(self.model, self.cache, params)
+                else:
+                    self._graph.set_params(params)
+                graph = self._graph
             token = -1
             for step in range(max_tokens):
                 if step == 0 or graph is None:

@@ -28,14 +28,16 @@ def dot4(xv, a, b, c, d):
 @tt.kernel
 def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
                 bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, N: tt.i32, K: tt.i32,
-                M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr, LANES: tt.constexpr,
+                rows_m: tt.i32, M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr,
+                LANES: tt.constexpr,
                 ROWS: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
     """LANES consecutive threads share ROWS consecutive output features: lane j takes chunks j,
     j+LANES, … of K, so neighbouring threads read neighbouring memory (coalesced on GPUs,
     vectorized across work-items by CPU OpenCL). Each chunk of x is loaded once into registers
     and used for all ROWS rows; for the block formats its sum (needed for the offsets) is shared
     too. Partial sums meet in a subgroup reduction when LANES is the subgroup size, in shared
-    memory otherwise."""
+    memory otherwise. M is rows_m rounded up to a power of two (fewer specializations); the
+    extra rows re-read x's last row and are not stored."""
     SG = tt.subgroup_size()
     tid = tt.local_id(0)
     lane = tid % LANES
@@ -53,7 +55,7 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
     for c in range(lane, NC, LANES):
         for m in tt.static_range(M):
             for j in tt.static_range(CH // 4):
-                v = tt.vload(x, (m * K + c * CH) // 4 + j, 4)
+                v = tt.vload(x, (min(m, rows_m - 1) * K + c * CH) // 4 + j, 4)
                 xa[m, 4 * j] = v.x
                 xa[m, 4 * j + 1] = v.y
                 xa[m, 4 * j + 2] = v.z
@@ -116,7 +118,7 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                     for j in tt.static_range(LANES):
                         total += red[m * ROWS + r, tid + j]
             n = n0 + r
-            if lane == 0 and n < N:
+            if lane == 0 and n < N and m < rows_m:
                 if HAS_BIAS:
                     total += bias[n]
                 if HAS_RESIDUAL:
@@ -227,10 +229,11 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     block = max(64, lanes)
     for m0 in range(0, m, MAX_GEMV_ROWS):
         mt = min(MAX_GEMV_ROWS, m - m0)
-        r = rows or gemv_rows(n, mt, lanes, w.fmt)
+        m_spec = 1 << (mt - 1).bit_length()  # 1, 2, 4, 8 or 16
+        r = rows or gemv_rows(n, m_spec, lanes, w.fmt)
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
         gemv_kernel[-(-n // (block // lanes * r)), block](
-            x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, w.fmt, block,
-            lanes, r, bias is not None, residual is not None)
+            x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, m_spec, w.fmt,
+            block, lanes, r, bias is not None, residual is not None)
     return out

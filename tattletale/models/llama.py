@@ -333,12 +333,21 @@ class DecodeGraph:
         self.ws = Workspace(model, 1, decode_splits(cache.max_len))
         self.probs = dev.empty((1, model.cfg.vocab), tt.f32)
         self.next_id = dev.empty(1, tt.i32)
-        f32 = lambda v: dev.tensor(np.array([v], np.float32))  # noqa: E731
-        self.sampling = (f32(params.temperature), dev.tensor(np.array([params.top_k], np.int32)),
-                         f32(params.top_p), f32(params.min_p),
-                         dev.tensor(np.array([params.seed & 0xFFFFFFFF], np.uint32)))
+        self.sampling = (dev.empty(1, tt.f32), dev.empty(1, tt.i32), dev.empty(1, tt.f32),
+                         dev.empty(1, tt.f32), dev.empty(1, tt.u32))
+        self.set_params(params)
         self.block, self.bisect = BLOCK, BISECT_STEPS
         self.recordings: dict[int, object] = {}
+
+    def set_params(self, params) -> None:
+        """New sampling settings for the following steps (the recordings read them from device
+        buffers, so they stay valid)."""
+        temperature, top_k, top_p, min_p, seed = self.sampling
+        temperature.copy_from(np.array([params.temperature], np.float32))
+        top_k.copy_from(np.array([params.top_k], np.int32))
+        top_p.copy_from(np.array([params.top_p], np.float32))
+        min_p.copy_from(np.array([params.min_p], np.float32))
+        seed.copy_from(np.array([params.seed & 0xFFFFFFFF], np.uint32))
 
     def _launch(self) -> None:
         from tattletale.kernels.sampling import sample_kernel
