@@ -77,6 +77,20 @@ def dev(request) -> tt.Device:
     return _devices[pid]
 
 
+@pytest.fixture(scope="session")
+def bundled_gguf():
+    """Path of the bundled default model's GGUF (SmolLM2-135M-Instruct); skips when absent."""
+    from tattletale.models import ModelFileError, resolve
+
+    try:
+        path = resolve(None)
+    except ModelFileError as exc:
+        pytest.skip(str(exc))
+    if not path.exists():
+        pytest.skip(f"the bundled model is not installed ({path.name})")
+    return path
+
+
 @pytest.fixture
 def rng(request) -> np.random.Generator:
     """A generator seeded from the test's id: reproducible, and different for every test."""

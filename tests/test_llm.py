@@ -21,7 +21,7 @@ from tiny_models import write_gguf, write_hf
 
 import tattletale as tt
 from tattletale.engine.llm import ContextOverflow
-from tattletale.models import ModelFileError, open_model, resolve
+from tattletale.models import open_model
 from tattletale.models.llama import LlamaModel
 from tattletale.models.tokenizer import render_chat
 
@@ -45,36 +45,25 @@ def _device(backend: str) -> tt.Device:
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    try:
-        path = resolve(None)
-    except ModelFileError as exc:
-        pytest.skip(str(exc))
-    if not path.exists():
-        pytest.skip(f"the bundled model is not installed ({path.name})")
-    return path
-
-
-@pytest.fixture(scope="module")
-def llm(gguf_path):
+def llm(bundled_gguf):
     _device("opencl")
-    return tt.LLM(str(gguf_path), backend="opencl", max_context=CONTEXT)
+    return tt.LLM(str(bundled_gguf), backend="opencl", max_context=CONTEXT)
 
 
 @pytest.fixture(scope="module")
-def sequence(gguf_path) -> list[int]:
-    ids = open_model(gguf_path).tokenizer().encode(TEXT)
+def sequence(bundled_gguf) -> list[int]:
+    ids = open_model(bundled_gguf).tokenizer().encode(TEXT)
     assert len(ids) >= 64
     return ids[:64]
 
 
 @pytest.fixture(scope="module")
-def hf_model(gguf_path):
+def hf_model(bundled_gguf):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+        bundled_gguf.parent, gguf_file=bundled_gguf.name, dtype=torch.float32).eval()
     return model
 
 
@@ -103,10 +92,10 @@ def _check_logits(got: np.ndarray, ref: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_smollm2_teacher_forced_matches_hf(backend, gguf_path, sequence, hf_reference):
+def test_smollm2_teacher_forced_matches_hf(backend, bundled_gguf, sequence, hf_reference):
     """64 fixed tokens, teacher-forced: the first 48 through the prefill path (one call), the
     last 16 through the decode path (one token per call); top-1 and logits against HF."""
-    model = LlamaModel(_device(backend), open_model(gguf_path))
+    model = LlamaModel(_device(backend), open_model(bundled_gguf))
     cache = model.new_cache(128)
     rows = [model.forward(sequence[:48], cache, all_logits=True).numpy()]
     rows += [model.forward([t], cache).numpy() for t in sequence[48:]]
@@ -114,11 +103,11 @@ def test_smollm2_teacher_forced_matches_hf(backend, gguf_path, sequence, hf_refe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_smollm2_greedy_matches_hf(backend, gguf_path, hf_model):
+def test_smollm2_greedy_matches_hf(backend, bundled_gguf, hf_model):
     """tt.LLM's greedy decoding (recorded decode steps with on-device sampling) picks HF's
     argmax at every step, and says " Paris"."""
     _device(backend)
-    llm = tt.LLM(str(gguf_path), backend=backend, max_context=CONTEXT)
+    llm = tt.LLM(str(bundled_gguf), backend=backend, max_context=CONTEXT)
     prompt = llm.tokenizer.encode(PARIS)
     out = llm.generate(prompt, max_tokens=24, temperature=0, ignore_eos=True)
     assert out.text.startswith(" Paris")
@@ -189,14 +178,14 @@ def test_seeded_sampling_is_reproducible(llm):
     assert c.ids != a.ids
 
 
-def test_prefix_reuse_matches_a_fresh_model(llm, gguf_path):
+def test_prefix_reuse_matches_a_fresh_model(llm, bundled_gguf):
     """A prompt that extends the previous prompt and answer computes only the new tokens, and
     its greedy answer is the one a fresh model gives."""
     out1 = llm.generate(PARIS, max_tokens=6, temperature=0, ignore_eos=True)
     prompt2 = PARIS + out1.text + " The capital of Germany is"
     out2 = llm.generate(prompt2, max_tokens=8, temperature=0, ignore_eos=True)
     assert out2.stats.reused_tokens >= len(llm.tokenizer.encode(PARIS))
-    fresh = tt.LLM(str(gguf_path), backend="opencl", max_context=CONTEXT)
+    fresh = tt.LLM(str(bundled_gguf), backend="opencl", max_context=CONTEXT)
     out3 = fresh.generate(prompt2, max_tokens=8, temperature=0, ignore_eos=True)
     assert out3.stats.reused_tokens == 0
     assert out2.ids == out3.ids
@@ -270,8 +259,8 @@ def test_chat_prompt(llm):
     assert ids.count(llm.tokenizer.token_id("<|im_start|>")) == 3  # system, user, assistant
 
 
-def test_context_limit(gguf_path):
-    small = tt.LLM(str(gguf_path), backend="opencl", max_context=16)
+def test_context_limit(bundled_gguf):
+    small = tt.LLM(str(bundled_gguf), backend="opencl", max_context=16)
     with pytest.raises(ContextOverflow, match="16"):
         small.generate(list(range(100, 116)), max_tokens=4)
     assert small.cache.length == 0  # refused before any computation

@@ -20,7 +20,7 @@ import unicodedata
 
 import pytest
 
-from tattletale.models import ModelFileError, open_model, resolve
+from tattletale.models import open_model
 from tattletale.models.tokenizer import render_chat
 
 transformers = pytest.importorskip("transformers")
@@ -76,25 +76,14 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    try:
-        path = resolve(None)
-    except ModelFileError as exc:
-        pytest.skip(str(exc))
-    if not path.exists():
-        pytest.skip(f"the bundled model is not installed ({path.name})")
-    return path
+def ours(bundled_gguf):
+    return open_model(bundled_gguf).tokenizer()
 
 
 @pytest.fixture(scope="module")
-def ours(gguf_path):
-    return open_model(gguf_path).tokenizer()
-
-
-@pytest.fixture(scope="module")
-def hf_converted(gguf_path):
+def hf_converted(bundled_gguf):
     """HF's tokenizer exactly as its GGUF converter builds it."""
-    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    return transformers.AutoTokenizer.from_pretrained(bundled_gguf.parent, gguf_file=bundled_gguf.name)
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +169,8 @@ def test_stream_decoder_pieces_add_up(ours):
     assert len(ours.encode(long_text)) > 200
 
 
-def test_chat_template_matches_hf(gguf_path, ours, hf_converted):
-    template = open_model(gguf_path).chat_template()
+def test_chat_template_matches_hf(bundled_gguf, ours, hf_converted):
+    template = open_model(bundled_gguf).chat_template()
     assert template
     conversations = [
         [{"role": "user", "content": "What is the capital of France?"}],
