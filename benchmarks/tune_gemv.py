@@ -16,7 +16,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     lanes = dev.caps.subgroup_size if dev.caps.subgroup_size > 1 else 16
     print(header(f"GEMV rows sweep on {dev}"))
-    print("| shape | format | rows=1 | rows=2 | rows=4 | heuristic |")
+    print("| shape | format | rows=1 | rows=2 | rows=4 | heuristic rows, unroll 2 |")
     print("|---|---|---|---|---|---|")
     for n, k in GEMV_SHAPES + [(4096, 4096), (1024, 4096), (128256, 4096)]:
         x = dev.tensor(rng.standard_normal((1, k), dtype=np.float32))
@@ -27,7 +27,10 @@ def main() -> None:
             for r in (1, 2, 4):
                 ms = device_ms(dev, lambda r=r: linear(x, w, out=out, rows=r))
                 cells.append(f"{ms * 1e3:.0f} µs ({w.nbytes / ms / 1e6:.0f} GB/s)")
-            print(f"| {n}×{k} | {fmt} | {' | '.join(cells)} | {gemv_rows(n, 1, lanes, fmt)} |", flush=True)
+            ms = device_ms(dev, lambda: linear(x, w, out=out, unroll=2))
+            cells.append(f"{gemv_rows(n, 1, lanes, fmt)}: {ms * 1e3:.0f} µs "
+                         f"({w.nbytes / ms / 1e6:.0f} GB/s)")
+            print(f"| {n}×{k} | {fmt} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from .quant import Weight, dequant_element, half_hi, half_lo, nibble, sbyte
 
 MAX_GEMV_ROWS = 16
 CPU_LANES = 16  # threads per output feature on devices without subgroups (tuned on PoCL)
+GEMV_UNROLL = 1  # chunks per loop step (benchmarks/tune_gemv.py measures 1 and 2)
 GEMM_TILE = 64  # BM = BN; 16×16 threads, each computing a 4×4 block of outputs
 GEMM_BK = 32  # one quantization block of K per step
 
@@ -29,7 +30,7 @@ def dot4(xv, a, b, c, d):
 def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
                 bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, N: tt.i32, K: tt.i32,
                 rows_m: tt.i32, M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr,
-                LANES: tt.constexpr,
+                LANES: tt.constexpr, UNROLL: tt.constexpr,
                 ROWS: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
     """LANES consecutive threads share ROWS consecutive output features: lane j takes chunks j,
     j+LANES, … of K, so neighbouring threads read neighbouring memory (coalesced on GPUs,
@@ -52,56 +53,60 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
             acc[m, r] = 0.0
     xa = tt.array((M, CH), tt.f32)
     sx = tt.array((M,), tt.f32)
-    for c in range(lane, NC, LANES):
-        for m in tt.static_range(M):
-            for j in tt.static_range(CH // 4):
-                v = tt.vload(x, (min(m, rows_m - 1) * K + c * CH) // 4 + j, 4)
-                xa[m, 4 * j] = v.x
-                xa[m, 4 * j + 1] = v.y
-                xa[m, 4 * j + 2] = v.z
-                xa[m, 4 * j + 3] = v.w
-            if QUANT:
-                sx[m] = 0.0
-                for j in tt.static_range(CH):
-                    sx[m] += xa[m, j]
-        for r in tt.static_range(ROWS):
-            n = n0 + r
-            if n < N:
-                if FMT == "f32":
-                    wv = tt.vload(w, n * NC + c, 4)
-                    for m in tt.static_range(M):
-                        acc[m, r] += (xa[m, 0] * wv.x + xa[m, 1] * wv.y + xa[m, 2] * wv.z
-                                      + xa[m, 3] * wv.w)
-                elif FMT == "f16" or FMT == "bf16":
-                    q = tt.vload(w, n * NC + c, 4)  # four u32 words: elements 2k, 2k+1 in word k
-                    for m in tt.static_range(M):
-                        s = 0.0
-                        for k in tt.static_range(4):
-                            s += xa[m, 2 * k] * half_lo(q[k], BF) + xa[m, 2 * k + 1] * half_hi(q[k], BF)
-                        acc[m, r] += s
-                elif FMT == "q8_0":
-                    q0 = tt.vload(w, (n * NC + c) * 2, 4)
-                    q1 = tt.vload(w, (n * NC + c) * 2 + 1, 4)
-                    d = tt.f32(scales[n * NC + c])
-                    for m in tt.static_range(M):
-                        s = 0.0
-                        for j in tt.static_range(8):
-                            word = q0[j] if j < 4 else q1[j - 4]
-                            for b in tt.static_range(4):
-                                s += xa[m, 4 * j + b] * sbyte(word, b)
-                        acc[m, r] += d * s
-                else:
-                    q = tt.vload(w, n * NC + c, 4)  # byte j: element j (low), j + 16 (high)
-                    d = tt.f32(scales[n * NC + c])
-                    offset = -8.0 * d if FMT == "q4_0" else tt.f32(mins[n * NC + c])
-                    for m in tt.static_range(M):
-                        s = 0.0
-                        for j in tt.static_range(4):
-                            word = q[j]
-                            for b in tt.static_range(4):
-                                s += xa[m, 4 * j + b] * nibble(word, 2 * b)
-                                s += xa[m, 16 + 4 * j + b] * nibble(word, 2 * b + 1)
-                        acc[m, r] += d * s + offset * sx[m]
+    for c0 in range(lane, NC, LANES * UNROLL):  # UNROLL chunks per step: more loads in flight
+        for u in tt.static_range(UNROLL):
+            c = c0 + u * LANES
+            if c < NC:
+                for m in tt.static_range(M):
+                    for j in tt.static_range(CH // 4):
+                        v = tt.vload(x, (min(m, rows_m - 1) * K + c * CH) // 4 + j, 4)
+                        xa[m, 4 * j] = v.x
+                        xa[m, 4 * j + 1] = v.y
+                        xa[m, 4 * j + 2] = v.z
+                        xa[m, 4 * j + 3] = v.w
+                    if QUANT:
+                        sx[m] = 0.0
+                        for j in tt.static_range(CH):
+                            sx[m] += xa[m, j]
+                for r in tt.static_range(ROWS):
+                    n = n0 + r
+                    if n < N:
+                        if FMT == "f32":
+                            wv = tt.vload(w, n * NC + c, 4)
+                            for m in tt.static_range(M):
+                                acc[m, r] += (xa[m, 0] * wv.x + xa[m, 1] * wv.y + xa[m, 2] * wv.z
+                                              + xa[m, 3] * wv.w)
+                        elif FMT == "f16" or FMT == "bf16":
+                            q = tt.vload(w, n * NC + c, 4)  # four u32 words: elements 2k, 2k+1 in word k
+                            for m in tt.static_range(M):
+                                s = 0.0
+                                for k in tt.static_range(4):
+                                    s += (xa[m, 2 * k] * half_lo(q[k], BF)
+                                          + xa[m, 2 * k + 1] * half_hi(q[k], BF))
+                                acc[m, r] += s
+                        elif FMT == "q8_0":
+                            q0 = tt.vload(w, (n * NC + c) * 2, 4)
+                            q1 = tt.vload(w, (n * NC + c) * 2 + 1, 4)
+                            d = tt.f32(scales[n * NC + c])
+                            for m in tt.static_range(M):
+                                s = 0.0
+                                for j in tt.static_range(8):
+                                    word = q0[j] if j < 4 else q1[j - 4]
+                                    for b in tt.static_range(4):
+                                        s += xa[m, 4 * j + b] * sbyte(word, b)
+                                acc[m, r] += d * s
+                        else:
+                            q = tt.vload(w, n * NC + c, 4)  # byte j: element j (low), j + 16 (high)
+                            d = tt.f32(scales[n * NC + c])
+                            offset = -8.0 * d if FMT == "q4_0" else tt.f32(mins[n * NC + c])
+                            for m in tt.static_range(M):
+                                s = 0.0
+                                for j in tt.static_range(4):
+                                    word = q[j]
+                                    for b in tt.static_range(4):
+                                        s += xa[m, 4 * j + b] * nibble(word, 2 * b)
+                                        s += xa[m, 16 + 4 * j + b] * nibble(word, 2 * b + 1)
+                                acc[m, r] += d * s + offset * sx[m]
     if LANES != SG:
         red = tt.shared((M * ROWS, BLOCK), tt.f32)
         for m in tt.static_range(M):
@@ -200,7 +205,7 @@ def gemv_rows(n: int, m: int, lanes: int, fmt: str) -> int:
 
 
 def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | None = None,
-           out: Tensor | None = None, rows: int | None = None) -> Tensor:
+           out: Tensor | None = None, rows: int | None = None, unroll: int | None = None) -> Tensor:
     """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
 
     Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run the tiled GEMM.
@@ -235,5 +240,5 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
         gemv_kernel[-(-n // (block // lanes * r)), block](
             x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, m_spec, w.fmt,
-            block, lanes, r, bias is not None, residual is not None)
+            block, lanes, unroll or GEMV_UNROLL, r, bias is not None, residual is not None)
     return out
