@@ -44,6 +44,32 @@ def penalties_kernel(logits: tt.Buffer[tt.f32], tokens: tt.Buffer[tt.i32], count
         logits[idx] = x - freq[r] * tt.f32(counts[i]) - pres[r]
 
 
+@tt.func
+def kept(probs, base, vocab, threshold, WEIGHTED, BLOCK):
+    """How many probabilities reach `threshold` (WEIGHTED: their total mass), workgroup-wide."""
+    c = 0.0
+    for i in range(tt.local_id(0), vocab, BLOCK):
+        pv = probs[base + i]
+        if pv >= threshold:
+            c += pv if WEIGHTED else 1.0
+    return block_sum(c, BLOCK)
+
+
+@tt.func
+def bisect_threshold(probs, base, vocab, lo, target, WEIGHTED, BLOCK, STEPS):
+    """The largest threshold in [lo, 1] (to 2^-STEPS) that still keeps `target` (a count, or
+    with WEIGHTED a probability mass)."""
+    a = lo
+    b = 1.0
+    for _ in range(STEPS):
+        mid = 0.5 * (a + b)
+        if kept(probs, base, vocab, mid, WEIGHTED, BLOCK) >= target:
+            a = mid
+        else:
+            b = mid
+    return a
+
+
 @tt.kernel
 def sample_kernel(logits: tt.Buffer[tt.f32], probs: tt.Buffer[tt.f32], temperature: tt.Buffer[tt.f32],
                   top_k: tt.Buffer[tt.i32], top_p: tt.Buffer[tt.f32], min_p: tt.Buffer[tt.f32],
@@ -74,41 +100,11 @@ def sample_kernel(logits: tt.Buffer[tt.f32], probs: tt.Buffer[tt.f32], temperatu
     lo = min_p[row]
     k = top_k[row]
     if k > 0 and k < vocab:
-        a = lo
-        b = 1.0
-        for _ in range(STEPS):
-            mid = 0.5 * (a + b)
-            c = 0.0
-            for i in range(tid, vocab, BLOCK):
-                if probs[base + i] >= mid:
-                    c += 1.0
-            if block_sum(c, BLOCK) >= tt.f32(k):
-                a = mid
-            else:
-                b = mid
-        lo = a
+        lo = bisect_threshold(probs, base, vocab, lo, tt.f32(k), False, BLOCK, STEPS)
     tp = top_p[row]
     if tp < 1.0:
-        z = 0.0
-        for i in range(tid, vocab, BLOCK):
-            pv = probs[base + i]
-            if pv >= lo:
-                z += pv
-        target = block_sum(z, BLOCK) * tp
-        a = lo
-        b = 1.0
-        for _ in range(STEPS):
-            mid = 0.5 * (a + b)
-            c = 0.0
-            for i in range(tid, vocab, BLOCK):
-                pv = probs[base + i]
-                if pv >= mid:
-                    c += pv
-            if block_sum(c, BLOCK) >= target:
-                a = mid
-            else:
-                b = mid
-        lo = a
+        target = kept(probs, base, vocab, lo, True, BLOCK) * tp
+        lo = bisect_threshold(probs, base, vocab, lo, target, True, BLOCK, STEPS)
     # draw u in [0, total kept mass) and find it in the running sum, in vocabulary order
     chunk = (vocab + BLOCK - 1) // BLOCK
     begin = tid * chunk
