@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..dsl import types as T
 from . import ir
+from .text import TextPrinter
 
 C_RESERVED = set("""
 auto break case char const continue default do double else enum extern float for goto if inline
@@ -90,7 +91,7 @@ def abi_type(t: T.ScalarType) -> T.ScalarType:
     return t
 
 
-class CPrinter:
+class CPrinter(TextPrinter):
     """Base C-family printer. Subclasses fill in the dialect tables and override hooks."""
 
     value_types: dict[str, str] = {}
@@ -130,12 +131,10 @@ class CPrinter:
         return name
 
     def __init__(self, kernel: ir.Kernel, caps: Caps):
+        super().__init__()
         self.k = kernel
         self.caps = caps
-        self.lines: list[str] = []
-        self.line_map: dict[int, ir.Loc] = {}
         self.needed: list[str] = []
-        self._last_loc: tuple | None = None
         self.names: dict[int, str] = {}
         self.entry = self.c_name(kernel.name, set())
         taken: set[str] = {self.entry}
@@ -213,19 +212,6 @@ class CPrinter:
 
     # --- emission -------------------------------------------------------------------------------
 
-    def line(self, text: str, depth: int) -> None:
-        self.lines.append("    " * depth + text)
-
-    def annotate(self, s: ir.Stmt, depth: int) -> None:
-        loc = s.loc
-        if loc is None or (loc.file, loc.line) == self._last_loc:
-            return
-        self._last_loc = (loc.file, loc.line)
-        # A trailing backslash would splice the next generated line into the comment.
-        text = loc.text.strip().rstrip("\\").rstrip()
-        self.line(f"// {loc.file.rsplit('/', 1)[-1]}:{loc.line}: {text}", depth)
-        self.line_map[len(self.lines) + 1] = loc
-
     def emit_kernel(self, params: list[ParamABI]) -> None:
         sig = ", ".join(self.param_decl(p, v) for p, v in zip(params, self.k.params))
         self.line(f"{self.kernel_qualifier} {self.entry}({sig})", 0)
@@ -255,47 +241,13 @@ class CPrinter:
             return f"{q}{self.storage_type(t.elem)} {self.name(v)}[{t.size}];"
         return f"{self.vtype(t)} {self.name(v)};"
 
-    def block(self, body: list[ir.Stmt], depth: int) -> None:
-        for s in body:
-            self.stmt(s, depth)
-
-    def stmt(self, s: ir.Stmt, depth: int) -> None:
-        self.annotate(s, depth)
+    def simple_stmt(self, s: ir.Stmt, depth: int) -> None:
         if isinstance(s, ir.Assign):
             self.line(f"{self.name(s.var)} = {self.expr(s.value)};", depth)
         elif isinstance(s, ir.Store):
             self.line(self.store(s.var, self.expr(s.index), s.value) + ";", depth)
         elif isinstance(s, ir.VecStore):
             self.line(self.vec_store(s.var, self.expr(s.index), s.value) + ";", depth)
-        elif isinstance(s, ir.If):
-            self.line(f"if ({self.cond(s.cond)}) {{", depth)
-            self.block(s.then, depth + 1)
-            if s.orelse:
-                self.line("} else {", depth)
-                self.block(s.orelse, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.For):
-            v = self.name(s.var)
-            if isinstance(s.step, ir.Const):
-                cmp = "<" if s.step.value > 0 else ">"
-                test = f"{v} {cmp} {self.expr(s.stop)}"
-            else:
-                st = self.expr(s.step)
-                test = f"({st} > 0 ? {v} < {self.expr(s.stop)} : {v} > {self.expr(s.stop)})"
-            self.line(f"for ({v} = {self.expr(s.start)}; {test}; {v} += {self.expr(s.step)}) {{",
-                      depth)
-            self.block(s.body, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.While):
-            self.line(f"while ({self.cond(s.cond)}) {{", depth)
-            self.block(s.body, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.Break):
-            self.line("break;", depth)
-        elif isinstance(s, ir.Continue):
-            self.line("continue;", depth)
-        elif isinstance(s, ir.Return):
-            self.line("return;", depth)
         elif isinstance(s, ir.Barrier):
             self.line(self.barrier_stmt, depth)
         elif isinstance(s, ir.ExprStmt):
@@ -303,10 +255,8 @@ class CPrinter:
         else:
             raise TypeError(f"cannot print {type(s).__name__}")
 
-    def cond(self, e: ir.Expr) -> str:
-        text = self.expr(e)
-        return text[1:-1] if text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]) \
-            else text
+    def for_test(self, s: ir.For, v: str, stop: str, step: str) -> str:
+        return f"({step} > 0 ? {v} < {stop} : {v} > {stop})"
 
     # --- expressions ----------------------------------------------------------------------------
 
@@ -462,12 +412,3 @@ class CPrinter:
     def subgroup(self, name: str, t: T.ScalarType, args: list[str]) -> str:
         raise NotImplementedError
 
-
-def _balanced(s: str) -> bool:
-    depth = 0
-    for ch in s:
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth < 0:
-            return False
-    return depth == 0

@@ -57,6 +57,7 @@ from ..dsl.errors import CompileError
 from . import ir
 from .cfamily import Caps, Generated, ParamABI
 from .passes import lower_lazy
+from .text import TextPrinter
 
 # Keywords, reserved words, predeclared types, enumerants and builtin functions: a module-scope
 # buffer or a local with one of these names would be an error or would shadow the builtin.
@@ -307,17 +308,15 @@ class _Mem:
         return t if self.vec == 1 else f"vec{self.vec}<{t}>"
 
 
-class WGSLPrinter:
+class WGSLPrinter(TextPrinter):
     """Prints one kernel as a WGSL module with a single compute entry point."""
 
     def __init__(self, kernel: ir.Kernel, caps: Caps):
+        super().__init__()
         self.k = lower_lazy(kernel)
         self.caps = caps
-        self.lines: list[str] = []
-        self.line_map: dict[int, ir.Loc] = {}
         self.helpers: dict[str, str] = {}  # name -> definition, in first-use order
         self.builtins: set[str] = set()  # entry-point builtins the body uses
-        self._last_loc: tuple | None = None
         taken: set[str] = set()
         self.entry = wgsl_name(kernel.name, taken)
         taken.add(self.entry)
@@ -435,17 +434,6 @@ class WGSLPrinter:
 
     # --- entry point ----------------------------------------------------------------------------
 
-    def line(self, text: str, depth: int) -> None:
-        self.lines.append("    " * depth + text)
-
-    def annotate(self, s: ir.Stmt, depth: int) -> None:
-        loc = s.loc
-        if loc is None or (loc.file, loc.line) == self._last_loc:
-            return
-        self._last_loc = (loc.file, loc.line)
-        self.line(f"// {loc.file.rsplit('/', 1)[-1]}:{loc.line}: {loc.text.strip()}", depth)
-        self.line_map[len(self.lines) + 1] = loc
-
     def emit_entry(self, params: list[ParamABI]) -> None:
         body_start = len(self.lines)
         for v in self.k.locals:
@@ -508,12 +496,7 @@ class WGSLPrinter:
 
     # --- statements -----------------------------------------------------------------------------
 
-    def block(self, body: list[ir.Stmt], depth: int) -> None:
-        for s in body:
-            self.stmt(s, depth)
-
-    def stmt(self, s: ir.Stmt, depth: int) -> None:
-        self.annotate(s, depth)
+    def simple_stmt(self, s: ir.Stmt, depth: int) -> None:
         if isinstance(s, ir.Assign):
             self.line(f"{self.name(s.var)} = {self.expr(s.value)};", depth)
         elif isinstance(s, ir.Store):
@@ -523,33 +506,6 @@ class WGSLPrinter:
             m, n = self.mems[id(s.var)], s.value.type.lanes
             fn = self.vec_helper(m, n, store=True)
             self.line(f"{fn}({self.index(s.index)}, {self.expr(s.value)});", depth)
-        elif isinstance(s, ir.If):
-            self.line(f"if ({self.cond(s.cond)}) {{", depth)
-            self.block(s.then, depth + 1)
-            if s.orelse:
-                self.line("} else {", depth)
-                self.block(s.orelse, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.For):
-            v, stop, step = self.name(s.var), self.expr(s.stop), self.expr(s.step)
-            if isinstance(s.step, ir.Const):
-                test = f"{v} {'<' if s.step.value > 0 else '>'} {stop}"
-            else:
-                zero = "0i" if s.step.type.is_signed else "0u"  # parentheses: `a < b, c >` would
-                test = f"select(({v} > {stop}), ({v} < {stop}), ({step} > {zero}))"  # be a template
-            self.line(f"for ({v} = {self.expr(s.start)}; {test}; {v} += {step}) {{", depth)
-            self.block(s.body, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.While):
-            self.line(f"while ({self.cond(s.cond)}) {{", depth)
-            self.block(s.body, depth + 1)
-            self.line("}", depth)
-        elif isinstance(s, ir.Break):
-            self.line("break;", depth)
-        elif isinstance(s, ir.Continue):
-            self.line("continue;", depth)
-        elif isinstance(s, ir.Return):
-            self.line("return;", depth)
         elif isinstance(s, ir.Barrier):
             if self.storage_barrier:
                 self.line("storageBarrier();", depth)
@@ -559,11 +515,10 @@ class WGSLPrinter:
         else:
             raise TypeError(f"cannot print {type(s).__name__}")
 
-    def cond(self, e: ir.Expr) -> str:
-        text = self.expr(e)
-        if text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
-            return text[1:-1]
-        return text
+    def for_test(self, s: ir.For, v: str, stop: str, step: str) -> str:
+        zero = "0i" if s.step.type.is_signed else "0u"
+        # parenthesized: `a < b, c > d` would parse as a template argument list
+        return f"select(({v} > {stop}), ({v} < {stop}), ({step} > {zero}))"
 
     # --- memory ---------------------------------------------------------------------------------
 
@@ -918,15 +873,6 @@ def _fits(src: T.ScalarType, to: T.ScalarType) -> bool:
         return src.bits <= to.bits
     return not src.is_signed and src.bits < to.bits
 
-
-def _balanced(s: str) -> bool:
-    depth = 0
-    for ch in s:
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 # --- checks -------------------------------------------------------------------------------------
