@@ -1,13 +1,17 @@
 """Attention: causal prefill (FlashAttention-style) and decode (split over the sequence length).
 
 Both support grouped-query attention (n_kv_heads divides n_heads) and an optional sliding window.
-KV is stored token-major, [tokens, n_kv_heads, head_dim] per sequence; every access goes through
-`kv_index`, the one place the paged KV cache will change.
+KV is stored token-major in slots of [n_kv_heads, head_dim]: contiguously per sequence, or in pages
+of the paged KV cache (tattletale/cache) named by a page table per sequence. Every access goes
+through `kv_slot` and `kv_index`, the one place that addressing lives; the page size is a
+compile-time constant, so contiguous and paged storage are two specializations of one source.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 import tattletale as tt
 from tattletale.runtimes import Tensor
@@ -16,44 +20,61 @@ NEG_INF = -float("inf")
 
 
 @tt.func
-def kv_index(seq_base, t, h, d, n_kv, D):
-    """Element index of head h, dimension d, of token t of a sequence whose KV starts at seq_base."""
-    return seq_base + (t * n_kv + h) * D + d
+def kv_slot(tables, b, t, width, PAGE):
+    """The cache slot (row of [slots, n_kv_heads, head_dim]) holding token t of sequence b.
+
+    PAGE = 0: contiguous storage, `width` slots per sequence. PAGE > 0: paged storage, token t in
+    page tables[b·width + t // PAGE] at offset t % PAGE (PAGE is a compile-time constant, so both
+    are shifts for powers of two).
+    """
+    if PAGE == 0:
+        return b * width + t
+    return tables[b * width + t // PAGE] * PAGE + t % PAGE
+
+
+@tt.func
+def kv_index(slot, h, d, n_kv, D):
+    """Element index of head h, dimension d, in cache slot `slot`."""
+    return (slot * n_kv + h) * D + d
 
 
 @tt.kernel
 def kv_write_kernel(k_src: tt.Buffer, v_src: tt.Buffer, k_cache: tt.Buffer, v_cache: tt.Buffer,
-                    positions: tt.Buffer[tt.i32], n_tokens: tt.i32, src_stride: tt.i32,
+                    slots: tt.Buffer[tt.i32], n_tokens: tt.i32, src_stride: tt.i32,
                     n_kv: tt.i32, D: tt.constexpr):
-    """Store the K and V rows of n_tokens new tokens (rows src_stride apart) at their positions."""
+    """Store the K and V rows of n_tokens new tokens (rows src_stride apart) in their cache slots."""
     i = tt.global_id(0)
     row = n_kv * D
     if i < n_tokens * row:
         t = i // row
         e = i % row
-        dst = kv_index(0, positions[t], e // D, e % D, n_kv, D)
+        dst = slots[t] * row + e
         k_cache[dst] = k_src[t * src_stride + e]
         v_cache[dst] = v_src[t * src_stride + e]
 
 
-def kv_write(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, n_kv: int,
+def kv_write(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, n_kv: int,
              head_dim: int, src_stride: int | None = None) -> None:
-    """k_cache[positions[t]] = k[t], v_cache[positions[t]] = v[t] for each new token t."""
-    n = positions.size * n_kv * head_dim
-    kv_write_kernel[-(-n // 256), 256](k, v, k_cache, v_cache, positions, positions.size,
+    """k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t] for each new token t (a slot is a
+    position for contiguous storage, page·page_size + offset for paged storage)."""
+    n = slots.size * n_kv * head_dim
+    kv_write_kernel[-(-n // 256), 256](k, v, k_cache, v_cache, slots, slots.size,
                                        src_stride or n_kv * head_dim, n_kv, head_dim)
 
 
 @tt.kernel
 def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: tt.Buffer[tt.i32],
-                            part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32], max_len: tt.i32,
-                            n_heads: tt.i32, n_kv: tt.i32, chunk: tt.i32, window: tt.i32,
-                            scale: tt.f32, q_stride: tt.i32, D: tt.constexpr, BLOCK: tt.constexpr):
-    """Workgroup (b·H + h, split s) attends query head h of sequence b to keys of chunk s.
+                            tables: tt.Buffer[tt.i32], part_o: tt.Buffer[tt.f32],
+                            part_ml: tt.Buffer[tt.f32], width: tt.i32, n_heads: tt.i32, n_kv: tt.i32,
+                            chunk: tt.i32, window: tt.i32, scale: tt.f32, q_stride: tt.i32,
+                            D: tt.constexpr, BLOCK: tt.constexpr, PAGE: tt.constexpr):
+    """Workgroup (b·H + h, split s) attends query head h of sequence b (query row b) to the keys
+    of chunk s of its history.
 
     Each subgroup takes every NSG-th key; its lanes split the head dimension (D/SG values each)
     and keep an online softmax. Subgroup states are merged through shared memory and the chunk's
-    (output, max, sum) written for the combine kernel.
+    (output, max, sum) written for the combine kernel. A sequence of length 0 (batch padding)
+    writes an empty state.
     """
     SG = tt.subgroup_size()
     NSG = BLOCK // SG
@@ -71,7 +92,6 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
     stop = min(start + chunk, length)
     if window > 0:
         start = max(start, length - window)
-    seq = b * max_len * n_kv * D
     qv = tt.array((DL,), tt.f32)
     o = tt.array((DL,), tt.f32)
     for j in tt.static_range(DL):
@@ -80,16 +100,17 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
     m = NEG_INF
     denom = 0.0
     for t in range(start + sg, stop, NSG):
+        slot = kv_slot(tables, b, t, width, PAGE)
         s = 0.0
         for j in tt.static_range(DL):
-            s += qv[j] * k[kv_index(seq, t, hk, lane * DL + j, n_kv, D)]
+            s += qv[j] * k[kv_index(slot, hk, lane * DL + j, n_kv, D)]
         s = tt.subgroup_sum(s)
         m_new = max(m, s)
         corr = tt.exp(m - m_new)
         p = tt.exp(s - m_new)
         denom = denom * corr + p
         for j in tt.static_range(DL):
-            o[j] = o[j] * corr + p * v[kv_index(seq, t, hk, lane * DL + j, n_kv, D)]
+            o[j] = o[j] * corr + p * v[kv_index(slot, hk, lane * DL + j, n_kv, D)]
         m = m_new
     # merge the NSG subgroup states
     sm = tt.shared((NSG,), tt.f32)
@@ -155,21 +176,31 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
                      out: Tensor | None = None, window: int = 0, scale: float | None = None,
                      chunk: int = DECODE_CHUNK, longest: int | None = None,
                      partials: tuple[Tensor, Tensor] | None = None,
-                     q_stride: int | None = None) -> Tensor:
+                     q_stride: int | None = None, tables: Tensor | None = None,
+                     page_size: int = 0) -> Tensor:
     """One query token per sequence over its whole KV history.
 
-    q: [B, H, D]; k_cache, v_cache: [B, max_len, n_kv, D]; lengths: [B] i32 (valid tokens);
-    `longest` bounds the lengths (default: max_len) and sets how many chunks of `chunk` keys are
-    attended in parallel before being combined; `partials` is preallocated scratch for them
-    ([B·H·splits, D] and [B·H·splits, 2] f32), so that recorded launches allocate nothing.
+    q: [B, H, D] (row b is sequence b's query; rows q_stride elements apart); lengths: [B] i32
+    (valid tokens, 0 for padding rows). Contiguous storage: k_cache, v_cache [B, max_len, n_kv, D].
+    Paged storage (`tables` [B, width] i32 page ids, `page_size` > 0): k_cache, v_cache
+    [n_pages · page_size, n_kv, D], one layer's view of the page pool.
+    `longest` bounds the lengths (default: max_len, or width·page_size) and sets how many chunks
+    of `chunk` keys are attended in parallel before being combined; `partials` is preallocated
+    scratch for them ([B·H·splits, D] and [B·H·splits, 2] f32), so that recorded launches
+    allocate nothing.
     """
     bsz, n_heads, d = q.shape
-    max_len = k_cache.shape[1]
+    if tables is None:
+        width, page_size, tables = k_cache.shape[1], 0, lengths
+        capacity = width
+    else:
+        width = tables.shape[1]
+        capacity = width * page_size
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     dev = q.device
     sg = dev.caps.subgroup_size
     block = max(sg, min(128, 4 * sg)) if sg > 1 else 16
-    n_splits = decode_splits(longest or max_len, chunk)
+    n_splits = decode_splits(longest or capacity, chunk)
     if partials is not None:
         part_o = partials[0].view(0, (bsz * n_heads * n_splits, d))
         part_ml = partials[1].view(0, (bsz * n_heads * n_splits, 2))
@@ -178,33 +209,47 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
         part_ml = dev.empty((bsz * n_heads * n_splits, 2), tt.f32)
     out = out if out is not None else dev.empty(q.shape, tt.f32)
     decode_attention_kernel[(bsz * n_heads, n_splits), block](
-        q, k_cache, v_cache, lengths, part_o, part_ml, max_len, n_heads, n_kv, chunk, window, scale,
-        q_stride or n_heads * d, d, block)
+        q, k_cache, v_cache, lengths, tables, part_o, part_ml, width, n_heads, n_kv, chunk, window,
+        scale, q_stride or n_heads * d, d, block, page_size)
     combine_splits_kernel[bsz * n_heads, d](part_o, part_ml, out, n_splits, d)
     return out
 
 
+WORK_FIELDS = 5  # a prefill work item: first query row, rows, first position, context length, sequence
+
+
 @tt.kernel
 def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.Buffer,
-                             n_q: tt.i32, n_kv_tokens: tt.i32, n_heads: tt.i32, n_kv: tt.i32,
-                             window: tt.i32, scale: tt.f32, q_stride: tt.i32, D: tt.constexpr,
-                             BQ: tt.constexpr, BK: tt.constexpr):
-    """Causal attention of n_q queries (the last n_q of n_kv_tokens positions) for one head.
+                             work: tt.Buffer[tt.i32], tables: tt.Buffer[tt.i32], width: tt.i32,
+                             n_heads: tt.i32, n_kv: tt.i32, window: tt.i32, scale: tt.f32,
+                             q_stride: tt.i32, D: tt.constexpr, BQ: tt.constexpr, BK: tt.constexpr,
+                             PAGE: tt.constexpr):
+    """Causal attention of a ragged batch of query blocks: workgroup (item, head) takes work item
+    `item` = (first query row, rows ≤ BQ, position of the first row, context length, sequence).
 
-    Workgroup (query block, head): each thread owns one query row and its output accumulator;
-    key/value tiles of BK tokens are staged through shared memory and consumed with an online
-    softmax, so the score matrix is never materialized.
+    Each thread owns one query row and its output accumulator; key/value tiles of BK tokens are
+    staged through shared memory and consumed with an online softmax, so the score matrix is
+    never materialized. The item is read once into shared memory, which makes its fields
+    workgroup-uniform (WGSL requires that of the tile loop, which contains barriers).
     """
-    qb = tt.group_id(0)
+    item = tt.group_id(0)
     h = tt.group_id(1)
     hk = h // (n_heads // n_kv)
     tid = tt.local_id(0)
-    row = qb * BQ + tid
-    offset = n_kv_tokens - n_q  # absolute position of query 0
-    pos = offset + row
+    desc = tt.shared((WORK_FIELDS,), tt.i32)
+    if tid < WORK_FIELDS:
+        desc[tid] = work[item * WORK_FIELDS + tid]
+    tt.barrier()
+    row0 = desc[0]
+    n_rows = desc[1]
+    pos0 = desc[2]
+    n_ctx = desc[3]
+    b = desc[4]
+    row = row0 + tid
+    pos = pos0 + tid
     qv = tt.array((D,), tt.f32)
     o = tt.array((D,), tt.f32)
-    if row < n_q:
+    if tid < n_rows:
         for d in tt.static_range(D):
             qv[d] = tt.f32(q[row * q_stride + h * D + d]) * scale
     for d in tt.static_range(D):
@@ -213,22 +258,23 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
     denom = 0.0
     ks = tt.shared((BK, D), tt.f32)
     vs = tt.shared((BK, D), tt.f32)
-    last = min(offset + qb * BQ + BQ, n_kv_tokens)  # keys this block needs: [first, last)
+    last = min(pos0 + n_rows, n_ctx)  # keys this block needs: [first, last)
     first = 0
     if window > 0:
-        first = max(0, offset + qb * BQ - window + 1)
+        first = max(0, pos0 - window + 1)
     first = first // BK * BK
     for kb in range(first, last, BK):
         for i in range(tid, BK * D, BQ):
             t = kb + i // D
-            if t < n_kv_tokens:
-                ks[i // D, i % D] = k[kv_index(0, t, hk, i % D, n_kv, D)]
-                vs[i // D, i % D] = v[kv_index(0, t, hk, i % D, n_kv, D)]
+            if t < last:
+                slot = kv_slot(tables, b, t, width, PAGE)
+                ks[i // D, i % D] = k[kv_index(slot, hk, i % D, n_kv, D)]
+                vs[i // D, i % D] = v[kv_index(slot, hk, i % D, n_kv, D)]
         tt.barrier()
-        if row < n_q:
+        if tid < n_rows:
             for j in range(BK):
                 t = kb + j
-                if t <= pos and t < n_kv_tokens and (window <= 0 or t > pos - window):
+                if t <= pos and (window <= 0 or t > pos - window):
                     s = 0.0
                     for d in tt.static_range(D):
                         s += qv[d] * ks[j, d]
@@ -240,23 +286,50 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
                         o[d] = o[d] * corr + p * vs[j, d]
                     m = m_new
         tt.barrier()
-    if row < n_q:
+    if tid < n_rows:
         inv = 1.0 / denom
         for d in tt.static_range(D):
             out[(row * n_heads + h) * D + d] = o[d] * inv
 
 
+PREFILL_BQ = 64  # query rows per prefill workgroup
+
+
+def prefill_work(spans: list[tuple[int, int, int, int]], bq: int = PREFILL_BQ) -> np.ndarray:
+    """The work items of a ragged prefill: one per block of ≤ bq query rows of each span.
+
+    A span (first query row, n_queries, first position, sequence) says that query rows
+    row … row+n−1 of the batch hold positions pos … pos+n−1 of that sequence, whose context then
+    ends at pos+n (the query tokens attend to every earlier position and to themselves).
+    """
+    items = [(row + i, min(bq, n - i), pos + i, pos + n, seq)
+             for row, n, pos, seq in spans for i in range(0, n, bq)]
+    return np.asarray(items, np.int32).reshape(-1, WORK_FIELDS)
+
+
 def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | None = None,
-                      window: int = 0, scale: float | None = None,
-                      q_stride: int | None = None) -> Tensor:
-    """Causal attention for one sequence: q [T, H, D] are the last T of the k, v [T_kv, n_kv, D]
-    positions (T_kv ≥ T, so a prompt can extend a cached prefix)."""
+                      window: int = 0, scale: float | None = None, q_stride: int | None = None,
+                      work: Tensor | None = None, tables: Tensor | None = None,
+                      page_size: int = 0) -> Tensor:
+    """Causal attention of many query tokens; q: [T, H, D] (rows q_stride elements apart).
+
+    Contiguous, one sequence: q holds the last T of the k, v [T_kv, n_kv, D] positions (T_kv ≥ T,
+    so a prompt can extend a cached prefix). Paged, a ragged batch: `work` (from `prefill_work`,
+    uploaded) lists the query blocks, `tables` [S, width] the sequences' page ids, and k, v are
+    one layer's [n_pages · page_size, n_kv, D] view of the page pool.
+    """
     n_q, n_heads, d = q.shape
-    n_kv_tokens = k.shape[0]
+    dev = q.device
+    if work is None:
+        n_ctx = k.shape[0]
+        work = dev.tensor(prefill_work([(0, n_q, n_ctx - n_q, 0)]))
+        tables, width, page_size = work, n_ctx, 0
+    else:
+        width = tables.shape[1]
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    bq, bk = 64, 16 if d > 64 else 32
-    out = out if out is not None else q.device.empty(q.shape, tt.f32)
-    prefill_attention_kernel[(-(-n_q // bq), n_heads), bq](
-        q, k, v, out, n_q, n_kv_tokens, n_heads, n_kv, window, scale, q_stride or n_heads * d, d,
-        bq, bk)
+    bk = 16 if d > 64 else 32
+    out = out if out is not None else dev.empty(q.shape, tt.f32)
+    prefill_attention_kernel[(work.shape[0], n_heads), PREFILL_BQ](
+        q, k, v, out, work, tables, width, n_heads, n_kv, window, scale, q_stride or n_heads * d, d,
+        PREFILL_BQ, bk, page_size)
     return out
