@@ -62,3 +62,24 @@ class Output:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
     error: str | None = None
+
+
+class ContextOverflow(ValueError):
+    """The prompt (plus at least one generated token) does not fit in the context."""
+
+
+@dataclass
+class EngineMetrics:
+    """A snapshot of the engine's state and counters (the server exports it as Prometheus metrics)."""
+
+    requests_running: int = 0
+    requests_waiting: int = 0
+    kv_pages_total: int = 0
+    kv_pages_used: int = 0
+    kv_pages_free: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, the tokens matched
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    batch_tokens_last: int = 0  # tokens in the last step's batch
+    steps_total: int = 0
