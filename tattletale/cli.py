@@ -182,6 +182,38 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
+def _serve(args) -> int:
+    """`tt serve`: the OpenAI-compatible HTTP server. It listens at once (/health answers 503) and
+    loads the model in the background; a model that fails to load ends it with one `tt: ...` line."""
+    from tattletale.models import ModelFileError, resolve
+    from tattletale.server.serve import ServeError, serve
+
+    try:
+        path = resolve(args.model)
+    except ModelFileError as exc:
+        print(f"tt: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"tt: no model file or directory at {path}", file=sys.stderr)
+        return 2
+
+    def load():
+        from tattletale.engine.core import load_engine
+
+        return load_engine(args.model, args.backend, args.kv_memory, args.page_size,
+                           args.max_batch_tokens, args.context)
+
+    print(f"tt: serving {path.name} on http://{args.host}:{args.port}/v1 (loading the model; /health "
+          f"answers 200 once it is ready)", file=sys.stderr)
+    try:
+        serve(load, host=args.host, port=args.port, api_key=args.api_key,
+              shutdown_timeout=args.shutdown_timeout)
+    except ServeError as exc:
+        print(f"tt: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one `tt: warning: ...` line (not Python's file:line and source echo)."""
     print(f"tt: warning: {message}", file=sys.stderr)
@@ -198,6 +230,20 @@ def _count(least: int):
             raise argparse.ArgumentTypeError(f"must be at least {least}")
         return value
     return parse
+
+
+def _size(text: str) -> int:
+    """An argparse type: a size in bytes, with an optional unit (512MiB, 4GB, 2G)."""
+    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    number = text.strip().rstrip("bB").removesuffix("i")
+    unit = number[-1:].lower() if number[-1:].isalpha() else ""
+    try:
+        value = float(number[:len(number) - len(unit)]) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4GiB, 512MiB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be positive")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +279,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="wrap prompts in the model's chat template (default when it has one)")
     p.add_argument("--no-chat", dest="chat", action="store_false")
     p.set_defaults(func=_run)
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("model", nargs="?", default=None,
+                   help="HF model directory, .gguf file, or bundled name (default: smollm2)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
+                   "this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_count(0), default=8000)
+    p.add_argument("--backend", choices=BACKENDS, help="default: the fastest present")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    p.add_argument("--kv-memory", type=_size, default=None,
+                   help="device memory for the KV cache, e.g. 2GiB (default: the engine's choice)")
+    p.add_argument("--page-size", type=_count(1), default=None, help="tokens per KV cache page")
+    p.add_argument("--max-batch-tokens", type=_count(1), default=None,
+                   help="most tokens one engine step computes (prefill chunks and decodes)")
+    p.add_argument("--context", type=_count(2), default=None,
+                   help="context length in tokens per request, prompt and answer (default: the model's)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="seconds in-flight requests may finish after SIGTERM/SIGINT (default: 10)")
+    p.set_defaults(func=_serve)
     args = ap.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
