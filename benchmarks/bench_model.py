@@ -20,10 +20,12 @@ import numpy as np
 from common import header, pick_devices, torch_cuda
 
 import tattletale as tt
-from tattletale.kernels.sampling import SamplingParams, sample
+from tattletale.engine.core import Engine
+from tattletale.engine.request import Request
+from tattletale.kernels.sampling import SamplingParams
 from tattletale.models import open_model, resolve
 from tattletale.models.config import ModelConfig
-from tattletale.models.llama import DecodeGraph, LlamaModel
+from tattletale.models.llama import LlamaModel
 
 PROMPT = ("The history of computing is a story of people building machines to help them think. "
           "From the abacus to mechanical calculators, from punched cards to transistors, each step "
@@ -39,27 +41,20 @@ SHAPES = {
 
 def decode_loop(model: LlamaModel, prompt_ids: list[int], n_tokens: int,
                 graphs: bool = True) -> tuple[float, float]:
-    """(prefill s, decode tok/s) for greedy decoding of n_tokens after the prompt, each decode
-    step replayed from a recording (graphs=True) or launched kernel by kernel."""
-    dev = model.dev
-    cache = model.new_cache(len(prompt_ids) + n_tokens + 8)
-    greedy = SamplingParams(temperature=0)
-    t0 = time.perf_counter()
-    logits = model.forward(prompt_ids, cache)
-    token = int(sample(logits, [greedy], [0])[0])
-    prefill = time.perf_counter() - t0
-    graph = DecodeGraph(model, cache, greedy) if graphs else None
-    if graph is not None:
-        token = graph.step(token)  # records the step; not timed
-    t0 = time.perf_counter()
-    for step in range(n_tokens):
-        if graph is not None:
-            token = graph.step(token)
-        else:
-            logits = model.forward([token], cache)
-            token = int(sample(logits, [greedy], [step + 1])[0])
-    dev.synchronize()
-    return prefill, n_tokens / (time.perf_counter() - t0)
+    """(prefill s, decode tok/s) for greedy decoding of n_tokens after the prompt through the
+    engine, each decode step replayed from a recording (graphs=True) or launched kernel by
+    kernel. A first request of the same shape compiles and records everything untimed."""
+    engine = Engine(model, None, graphs=graphs, prefix_cache=False,
+                    max_context=len(prompt_ids) + n_tokens + 16)
+    for _run in ("compile and record", "timed"):
+        stamps: list[float] = []
+        request = Request(list(prompt_ids), SamplingParams(temperature=0), n_tokens + 1, ignore_eos=True)
+        engine.submit(request, lambda out: stamps.append(time.perf_counter()))
+        t0 = time.perf_counter()
+        while engine.step():
+            pass
+    model.dev.synchronize()
+    return stamps[0] - t0, n_tokens / (stamps[-1] - stamps[0])
 
 
 def bench_cpu(backends, n_tokens: int) -> None:

@@ -148,12 +148,12 @@ def test_stream_yields_the_generated_text(llm):
 def test_max_tokens_and_eos(llm):
     out = llm.generate(PARIS, max_tokens=3, temperature=0, ignore_eos=True)
     assert len(out.ids) == 3 and out.finish_reason == "length"
-    saved = llm.eos_ids
+    saved = llm.engine.eos_ids
     try:
-        llm.eos_ids = {out.ids[1]}  # pretend the second token ends the answer
+        llm.engine.eos_ids = {out.ids[1]}  # pretend the second token ends the answer
         stopped = llm.generate(PARIS, max_tokens=8, temperature=0)
     finally:
-        llm.eos_ids = saved
+        llm.engine.eos_ids = saved
     assert stopped.finish_reason == "stop" and stopped.ids == out.ids[:2]
     assert stopped.text == llm.tokenizer.decode(out.ids[:1])  # the end token is not text
 
@@ -170,76 +170,89 @@ def test_stop_strings(llm):
 
 def test_seeded_sampling_is_reproducible(llm):
     kw = dict(max_tokens=12, temperature=1.0, top_p=0.95, ignore_eos=True)
-    a = llm.generate("Once upon a time", seed=7, **kw)
-    b = llm.generate("Once upon a time", seed=7, **kw)  # now from the cached prefix
+    story = "Once upon a time, in a village at the edge of a great forest, there lived a"
+    a = llm.generate(story, seed=7, **kw)
+    b = llm.generate(story, seed=7, **kw)  # now from the cached prefix (whole pages of it)
     assert b.stats.reused_tokens > 0
     assert a.ids == b.ids
-    c = llm.generate("Once upon a time", seed=8, **kw)
+    c = llm.generate(story, seed=8, **kw)
     assert c.ids != a.ids
 
 
 def test_prefix_reuse_matches_a_fresh_model(llm, bundled_gguf):
     """A prompt that extends the previous prompt and answer computes only the new tokens, and
     its greedy answer is the one a fresh model gives."""
-    out1 = llm.generate(PARIS, max_tokens=6, temperature=0, ignore_eos=True)
-    prompt2 = PARIS + out1.text + " The capital of Germany is"
+    prompt1 = TEXT + " " + PARIS
+    out1 = llm.generate(prompt1, max_tokens=6, temperature=0, ignore_eos=True)
+    prompt2 = prompt1 + out1.text + " The capital of Germany is"
     out2 = llm.generate(prompt2, max_tokens=8, temperature=0, ignore_eos=True)
-    assert out2.stats.reused_tokens >= len(llm.tokenizer.encode(PARIS))
+    page = llm.engine.pool.page_size
+    assert out2.stats.reused_tokens >= len(llm.tokenizer.encode(prompt1)) // page * page > 0
     fresh = tt.LLM(str(bundled_gguf), backend="opencl", max_context=CONTEXT)
     out3 = fresh.generate(prompt2, max_tokens=8, temperature=0, ignore_eos=True)
     assert out3.stats.reused_tokens == 0
     assert out2.ids == out3.ids
 
 
+def _idle_and_consistent(llm) -> None:
+    """No request left running, and every KV page free or owned by the prefix cache."""
+    sched = llm.engine.scheduler
+    assert not sched.has_work()
+    sched.verify()
+    assert llm.engine.pool.n_used == llm.engine.prefix_cache.n_pages
+
+
 def test_interrupted_stream_leaves_a_consistent_cache(llm):
-    expected = llm.generate("The three primary colors are", max_tokens=10, temperature=0).ids
-    llm.generate("Something else entirely.", max_tokens=2, temperature=0)  # replace the cache
-    pieces = llm.stream("The three primary colors are", max_tokens=10, temperature=0)
+    colors = TEXT + " In painting and in printing, the three primary colors are"
+    expected = llm.generate(colors, max_tokens=10, temperature=0).ids
+    llm.generate("Something else entirely.", max_tokens=2, temperature=0)
+    pieces = llm.stream(colors, max_tokens=10, temperature=0)
     for _ in range(3):
         next(pieces)
     pieces.close()
     assert llm.finish_reason == "interrupted" and len(llm.last_ids) == 3
-    assert llm.cache.length == len(llm.cached_ids)
-    again = llm.generate("The three primary colors are", max_tokens=10, temperature=0)
+    _idle_and_consistent(llm)
+    again = llm.generate(colors, max_tokens=10, temperature=0)
     assert again.stats.reused_tokens > 0
     assert again.ids == expected
 
 
-def test_interrupt_inside_a_decode_step_keeps_the_cache_exact(llm, monkeypatch):
-    """Ctrl-C lands inside a decode step most of the time: the token that step was computing
-    must not count as cached, or a later prompt would re-use a position never written."""
-    from tattletale.models.llama import DecodeGraph
+def test_interrupt_inside_a_step_keeps_the_cache_exact(llm, monkeypatch):
+    """Ctrl-C lands inside a step most of the time: the token that step was computing must not
+    count as cached, or a later prompt would re-use a position never written."""
+    from tattletale.engine.runner import ModelRunner
 
-    llm.generate("Fill the cache with other values first, then interrupt.", max_tokens=12,
-                 temperature=0, ignore_eos=True)
-    original, calls = DecodeGraph.step, []
+    page = llm.engine.pool.page_size
+    original, calls = ModelRunner.execute, []
 
-    def step(self, token):
-        calls.append(token)
+    def execute(self, *args, **kwargs):
+        calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, token)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DecodeGraph, "step", step)
-    prompt = llm.tokenizer.encode("The three primary colors are")
+    monkeypatch.setattr(ModelRunner, "execute", execute)
+    prompt = llm.tokenizer.encode("Tell me about the three primary colors and why they matter.")
     with pytest.raises(KeyboardInterrupt):
         llm.generate(prompt, max_tokens=10, temperature=0, ignore_eos=True)
     monkeypatch.undo()
-    assert len(llm.last_ids) == 3 and llm.finish_reason == "interrupted"
-    assert llm.cache.length == len(llm.cached_ids) == len(prompt) + 2
+    assert len(llm.last_ids) == 2 and llm.finish_reason == "interrupted"
+    _idle_and_consistent(llm)
     follow = prompt + llm.last_ids + llm.tokenizer.encode(" and")
     reused = llm.generate(follow, max_tokens=6, temperature=0, ignore_eos=True)
-    assert reused.stats.reused_tokens == len(prompt) + 2
-    llm.cached_ids = []  # forget the cache: compute everything
-    assert llm.generate(follow, max_tokens=6, temperature=0, ignore_eos=True).ids == reused.ids
+    computed = len(prompt) + 1  # the second token was being computed when the interrupt came
+    assert reused.stats.reused_tokens == computed // page * page
+    llm.engine.prefix_cache.evict(llm.engine.pool.n_pages)  # forget everything: compute it all
+    fresh = llm.generate(follow, max_tokens=6, temperature=0, ignore_eos=True)
+    assert fresh.stats.reused_tokens == 0 and fresh.ids == reused.ids
 
 
 def test_recorded_and_eager_decode_agree(llm):
     try:
-        llm.use_graphs = False
+        llm.engine.runner.graphs = False
         eager = llm.generate(PARIS, max_tokens=16, temperature=0, ignore_eos=True).ids
     finally:
-        llm.use_graphs = True
+        llm.engine.runner.graphs = True
     assert llm.generate(PARIS, max_tokens=16, temperature=0, ignore_eos=True).ids == eager
 
 
@@ -263,7 +276,7 @@ def test_context_limit(bundled_gguf):
     small = tt.LLM(str(bundled_gguf), backend="opencl", max_context=16)
     with pytest.raises(ContextOverflow, match="16"):
         small.generate(list(range(100, 116)), max_tokens=4)
-    assert small.cache.length == 0  # refused before any computation
+    assert small.engine.pool.n_used == 0  # refused before any computation
     out = small.generate(list(range(100, 115)), max_tokens=4, temperature=0, ignore_eos=True)
     assert len(out.ids) == 1 and out.finish_reason == "length"  # the context is full
     with pytest.raises(ValueError, match="empty"):

@@ -82,4 +82,8 @@ class EngineMetrics:
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     batch_tokens_last: int = 0  # tokens in the last step's batch
+    batch_seqs_last: int = 0  # sequences in the last step's batch
     steps_total: int = 0
+    requests_finished: int = 0
+    prefix_cache_pages: int = 0  # pages held by the prefix cache
+    preemptions: int = 0

@@ -167,9 +167,22 @@ def combine_splits_kernel(part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32],
 DECODE_CHUNK = 512  # keys per workgroup of decode attention
 
 
+MAX_SPLITS = 64  # beyond DECODE_CHUNK · MAX_SPLITS keys, chunks grow instead
+
+
 def decode_splits(longest: int, chunk: int = DECODE_CHUNK) -> int:
     """Workgroups per (sequence, head) of decode attention for histories up to `longest`."""
     return max(1, -(-longest // chunk))
+
+
+def decode_plan(longest: int) -> tuple[int, int]:
+    """(splits, chunk) for histories up to `longest`: chunks of DECODE_CHUNK keys, doubled until
+    at most MAX_SPLITS are needed, so the scratch for partial results stays bounded. A history
+    bound of splits·chunk gives the same plan, so recordings can be keyed by it."""
+    chunk = DECODE_CHUNK
+    while decode_splits(longest, chunk) > MAX_SPLITS:
+        chunk *= 2
+    return decode_splits(longest, chunk), chunk
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, n_kv: int,

@@ -157,6 +157,39 @@ class SamplingParams:
     seed: int = 0
 
 
+def has_penalties(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
+def apply_penalties(logits: Tensor, params: list[SamplingParams], histories: list[list[int]]) -> None:
+    """Penalize, in place, each row's logits of the tokens in its history (prompt and output)."""
+    toks, cnts, rws = [], [], []
+    for r, (p, hist) in enumerate(zip(params, histories)):
+        if not hist or not has_penalties(p):
+            continue
+        uniq, c = np.unique(np.asarray(hist, np.int64), return_counts=True)
+        toks.append(uniq)
+        cnts.append(c)
+        rws.append(np.full(len(uniq), r))
+    if not toks:
+        return
+    dev = logits.device
+    f32 = lambda xs: dev.tensor(np.asarray(xs, np.float32))  # noqa: E731
+    t, c, rw = (np.concatenate(a).astype(np.int32) for a in (toks, cnts, rws))
+    penalties_kernel[-(-len(t) // BLOCK), BLOCK](
+        logits, dev.tensor(t), dev.tensor(c), dev.tensor(rw),
+        f32([p.repetition_penalty for p in params]), f32([p.frequency_penalty for p in params]),
+        f32([p.presence_penalty for p in params]), len(t), logits.shape[1])
+
+
+def sample_rows(logits: Tensor, probs: Tensor, out: Tensor, temperature: Tensor, top_k: Tensor,
+                top_p: Tensor, min_p: Tensor, seed: Tensor, counter: Tensor) -> None:
+    """Launch the sampler over logits [R, V] with per-row settings already on the device."""
+    rows, vocab = logits.shape
+    sample_kernel[rows, BLOCK](logits, probs, temperature, top_k, top_p, min_p, seed, counter, out,
+                               vocab, BLOCK, BISECT_STEPS)
+
+
 def sample(logits: Tensor, params: list[SamplingParams], counters: list[int],
            histories: list[list[int]] | None = None) -> np.ndarray:
     """Choose one token id per row of logits [R, V] (modified in place by penalties).
@@ -166,29 +199,22 @@ def sample(logits: Tensor, params: list[SamplingParams], counters: list[int],
     """
     dev = logits.device
     rows, vocab = logits.shape
+    if histories is not None:
+        apply_penalties(logits, params, histories)
     f32 = lambda xs: dev.tensor(np.asarray(xs, np.float32))  # noqa: E731
-    if histories is not None and any(histories):
-        toks, cnts, rws = [], [], []
-        for r, hist in enumerate(histories):
-            p = params[r]
-            if not hist or (p.repetition_penalty == 1.0 and not p.frequency_penalty
-                            and not p.presence_penalty):
-                continue
-            uniq, c = np.unique(np.asarray(hist, np.int64), return_counts=True)
-            toks.append(uniq)
-            cnts.append(c)
-            rws.append(np.full(len(uniq), r))
-        if toks:
-            t, c, rw = (np.concatenate(a).astype(np.int32) for a in (toks, cnts, rws))
-            penalties_kernel[-(-len(t) // BLOCK), BLOCK](
-                logits, dev.tensor(t), dev.tensor(c), dev.tensor(rw),
-                f32([p.repetition_penalty for p in params]), f32([p.frequency_penalty for p in params]),
-                f32([p.presence_penalty for p in params]), len(t), vocab)
     out = dev.empty(rows, tt.i32)
-    probs = dev.empty((rows, vocab), tt.f32)
-    sample_kernel[rows, BLOCK](
-        logits, probs, f32([p.temperature for p in params]),
-        dev.tensor(np.asarray([p.top_k for p in params], np.int32)), f32([p.top_p for p in params]),
-        f32([p.min_p for p in params]), dev.tensor(np.asarray([p.seed for p in params], np.uint32)),
-        dev.tensor(np.asarray(counters, np.uint32)), out, vocab, BLOCK, BISECT_STEPS)
+    sample_rows(logits, dev.empty((rows, vocab), tt.f32), out, f32([p.temperature for p in params]),
+                dev.tensor(np.asarray([p.top_k for p in params], np.int32)), f32([p.top_p for p in params]),
+                f32([p.min_p for p in params]), dev.tensor(np.asarray([p.seed for p in params], np.uint32)),
+                dev.tensor(np.asarray(counters, np.uint32)))
     return out.numpy()
+
+
+def logprobs(logits: np.ndarray, chosen: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability under softmax(logits) and the `top` most likely tokens."""
+    x = logits.astype(np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    best = np.argpartition(-x, top)[:top] if 0 < top < len(x) else np.arange(len(x))[:top]
+    best = best[np.argsort(-x[best], kind="stable")]
+    return float(x[chosen] - lse), [(int(i), float(x[i] - lse)) for i in best]

@@ -20,13 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import tattletale as tt
-from tattletale.kernels.attention import (
-    DECODE_CHUNK,
-    decode_attention,
-    decode_splits,
-    kv_write,
-    prefill_attention,
-)
+from tattletale.cache.kv import PagedKV
+from tattletale.cache.pages import KVLayout, PagePool, PageTable
+from tattletale.dsl.types import as_type
+from tattletale.kernels.attention import decode_attention, decode_plan, kv_write, prefill_attention
 from tattletale.kernels.elementwise import swiglu
 from tattletale.kernels.embedding import embedding
 from tattletale.kernels.matmul import linear
@@ -35,6 +32,7 @@ from tattletale.kernels.quant import Weight
 from tattletale.kernels.rope import rope_, rope_inv_freq
 from tattletale.runtimes import Device, Tensor
 
+from .batch import Batch, Span
 from .config import ModelConfig, ModelFileError, UnsupportedModel
 from .loader import HostTensor, ModelFile
 
@@ -53,17 +51,6 @@ class Layer:
     bqkv: Tensor | None = None
     q_norm: Tensor | None = None
     k_norm: Tensor | None = None
-
-
-class KVCache:
-    """Contiguous K/V storage for one sequence: per layer [max_len, n_kv_heads, head_dim]."""
-
-    def __init__(self, dev: Device, cfg: ModelConfig, max_len: int, dtype=tt.f32):
-        self.max_len = max_len
-        shape = (max_len, cfg.n_kv_heads, cfg.head_dim)
-        self.k = [dev.empty(shape, dtype) for _ in range(cfg.n_layers)]
-        self.v = [dev.empty(shape, dtype) for _ in range(cfg.n_layers)]
-        self.length = 0  # tokens whose K/V are stored
 
 
 def _upload(dev: Device, t: HostTensor) -> Weight:
@@ -217,37 +204,54 @@ class LlamaModel:
                 total += w.nbytes
         return total
 
-    def new_cache(self, max_len: int | None = None) -> KVCache:
-        return KVCache(self.dev, self.cfg, max_len or self.cfg.max_positions)
+    def kv_layout(self, page_size: int, dtype=tt.f32) -> KVLayout:
+        cfg = self.cfg
+        return KVLayout(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, as_type(dtype).itemsize,
+                        page_size)
 
-    def forward(self, tokens: list[int] | np.ndarray, cache: KVCache, all_logits: bool = False
+    def new_cache(self, max_len: int | None = None, page_size: int = 16) -> SequenceCache:
+        """Paged KV storage for one sequence of up to max_len tokens (see SequenceCache)."""
+        return SequenceCache(self, max_len or self.cfg.max_positions, page_size)
+
+    def forward(self, tokens: list[int] | np.ndarray, cache: SequenceCache, all_logits: bool = False
                 ) -> Tensor:
-        """Run tokens (appended after the cache's current length); returns f32 logits for the last
-        token ([1, vocab]) or for every token ([T, vocab])."""
+        """Run tokens appended after the cache's current length, without the engine; returns f32
+        logits for the last token ([1, vocab]) or for every token ([T, vocab])."""
         n = len(tokens)
         start = cache.length
         if start + n > cache.max_len:
             raise ValueError(f"context overflow: {start + n} tokens > {cache.max_len}")
-        ws = Workspace(self, n)
-        ws.set_tokens(tokens, start)
-        self.run(ws, cache, start, all_logits)
-        cache.length = start + n
-        return ws.logits if not all_logits else ws.all_logits
+        cache.kv.copy_pages(cache.table.append(n))
+        batch = Batch([Span(list(tokens), start, cache.table.pages, "all" if all_logits else "last")],
+                      cache.kv.layout.page_size, len(cache.table))
+        ws = Workspace(self, n, 1, batch.n_rows, decode_plan(start + n)[0])
+        buffer = self.dev.empty(batch.host.size + 1, tt.i32)
+        batch.bind(buffer)
+        self.run(ws, cache.kv, batch)
+        return ws.logits.view(0, (batch.n_rows, self.cfg.vocab))
 
-    def run(self, ws: Workspace, cache: KVCache, start: int | None, all_logits: bool = False) -> None:
-        """The forward pass over ws's tokens, launching kernels only (no host transfers), so a
-        decode step can be recorded and replayed. `start` is the cache position of the first token
-        for prefill; None means a decode step whose position lives in ws.positions on the device
-        (its K/V are written there, and attention covers ws.splits chunks)."""
+    def run(self, ws: Workspace, kv: PagedKV, batch: Batch, longest: int | None = None) -> None:
+        """The forward pass over a bound batch, through ws.logits (its first batch.n_rows rows).
+
+        Kernel launches only (no host transfers), so a step can be recorded and replayed.
+        `longest` bounds the decode spans' context lengths (default: the batch's own longest;
+        a recording passes the bound of its bucket)."""
         cfg = self.cfg
-        n = ws.n
+        n, nd = batch.n_tokens, batch.n_decode
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        h, x, attn = ws.h, ws.x, ws.attn
-        embedding(self.embed, ws.ids, out=h)
+        ps = kv.layout.page_size
+        v = batch.views
         qkv_width = (nh + 2 * nkv) * hd  # a token's row of the fused projection: q | k | v
-        qkv = ws.qkv
+        h = ws.h.view(0, (n, cfg.hidden))
+        x = ws.x.view(0, (n, cfg.hidden))
+        qkv = ws.qkv.view(0, (n, qkv_width))
+        attn = ws.attn.view(0, (n, nh, hd))
+        gate_up = ws.gate_up.view(0, (n, 2 * cfg.intermediate))
+        act = ws.act.view(0, (n, cfg.intermediate))
         k_new = qkv.view(nh * hd, (n, nkv * hd))
         v_new = qkv.view((nh + nkv) * hd, (n, nkv * hd))
+        splits, chunk = decode_plan(longest or batch.longest_decode)
+        embedding(self.embed, v["ids"], out=h)
         for i, layer in enumerate(self.layers):
             rmsnorm(h, layer.attn_norm, cfg.rms_eps, out=x)
             linear(x, layer.wqkv, bias=layer.bqkv, out=qkv)
@@ -255,125 +259,64 @@ class LlamaModel:
                 rmsnorm_heads_(qkv, layer.q_norm, cfg.rms_eps, n, nh, hd, qkv_width)
                 rmsnorm_heads_(k_new, layer.k_norm, cfg.rms_eps, n, nkv, hd, qkv_width)
             # q's and k's heads are adjacent in each row: one rotation launch covers both
-            rope_(qkv, ws.positions, self.inv_freq, nh + nkv, hd, cfg.rope_neox, row_stride=qkv_width)
-            kv_write(k_new, v_new, cache.k[i], cache.v[i], ws.positions, nkv, hd, qkv_width)
-            q = qkv.view(0, (n, nh, hd))
-            if n == 1:
-                kc = cache.k[i].reshape(1, cache.max_len, nkv, hd)
-                vc = cache.v[i].reshape(1, cache.max_len, nkv, hd)
-                graph = start is None
-                decode_attention(q, kc, vc, ws.lengths, nkv, out=attn, window=cfg.sliding_window,
-                                 longest=ws.splits * DECODE_CHUNK if graph else start + 1,
-                                 partials=ws.partials if graph else None, q_stride=qkv_width)
-            else:
-                kc = cache.k[i].view(0, (start + n, nkv, hd))
-                vc = cache.v[i].view(0, (start + n, nkv, hd))
-                prefill_attention(q, kc, vc, nkv, out=attn, window=cfg.sliding_window,
-                                  q_stride=qkv_width)
+            rope_(qkv, v["positions"], self.inv_freq, nh + nkv, hd, cfg.rope_neox, row_stride=qkv_width)
+            kc, vc = kv.k_layers[i], kv.v_layers[i]
+            kv_write(k_new, v_new, kc, vc, v["slots"], nkv, hd, qkv_width)
+            if nd:
+                decode_attention(qkv.view(0, (nd, nh, hd)), kc, vc, v["lengths"], nkv,
+                                 out=attn.view(0, (nd, nh, hd)), window=cfg.sliding_window,
+                                 longest=splits * chunk, chunk=chunk, partials=ws.partials,
+                                 q_stride=qkv_width, tables=v["tables"], page_size=ps)
+            if batch.n_work:
+                prefill_attention(qkv.view(0, (n, nh, hd)), kc, vc, nkv, out=attn,
+                                  window=cfg.sliding_window, q_stride=qkv_width, work=v["work"],
+                                  tables=v["tables"], page_size=ps)
             linear(attn.reshape(n, nh * hd), layer.wo, residual=h, out=h)
             rmsnorm(h, layer.ffn_norm, cfg.rms_eps, out=x)
-            linear(x, layer.w_gate_up, out=ws.gate_up)
-            linear(swiglu(ws.gate_up, cfg.intermediate, out=ws.act), layer.w_down, residual=h, out=h)
-        if all_logits:
-            rmsnorm(h, self.out_norm, cfg.rms_eps, out=x)
-            ws.all_logits = linear(x, self.lm_head)
-        else:
-            last = h.view((n - 1) * cfg.hidden, (1, cfg.hidden))
-            rmsnorm(last, self.out_norm, cfg.rms_eps, out=ws.normed)
-            linear(ws.normed, self.lm_head, out=ws.logits)
+            linear(x, layer.w_gate_up, out=gate_up)
+            linear(swiglu(gate_up, cfg.intermediate, out=act), layer.w_down, residual=h, out=h)
+        rows = batch.n_rows
+        picked = ws.picked.view(0, (rows, cfg.hidden))
+        embedding(Weight("f32", (n, cfg.hidden), h), v["logit_rows"], out=picked)
+        normed = ws.normed.view(0, (rows, cfg.hidden))
+        rmsnorm(picked, self.out_norm, cfg.rms_eps, out=normed)
+        linear(normed, self.lm_head, out=ws.logits.view(0, (rows, cfg.vocab)))
+
+
+class SequenceCache:
+    """Paged KV storage for a single sequence, with its own small page pool: for tests, scripts
+    and benchmarks that run one sequence through `LlamaModel.forward` without the engine."""
+
+    def __init__(self, model: LlamaModel, max_len: int, page_size: int = 16):
+        n_pages = -(-max_len // page_size)
+        self.max_len = max_len
+        self.kv = PagedKV(model.dev, model.kv_layout(page_size), n_pages)
+        self.table = PageTable(PagePool(n_pages, page_size))
+
+    @property
+    def length(self) -> int:
+        """Tokens whose K/V are stored."""
+        return self.table.n_tokens
 
 
 class Workspace:
-    """Every activation of a forward pass over n tokens, allocated up front: a decode step then
-    allocates nothing, and recorded launches keep pointing at live memory."""
+    """Every activation of a forward pass over up to `max_tokens` tokens of `max_seqs` sequences
+    with `max_rows` logit rows, allocated up front: a step then allocates nothing, and recorded
+    launches keep pointing at live memory. Each step uses views of the leading rows."""
 
-    def __init__(self, model: LlamaModel, n: int, splits: int = 0):
+    def __init__(self, model: LlamaModel, max_tokens: int, max_seqs: int, max_rows: int,
+                 max_splits: int):
         cfg, dev = model.cfg, model.dev
-        hd = cfg.head_dim
-        self.n, self.splits = n, splits
-        # token ids, positions and the sequence length in one buffer: one upload per step
-        self.step = dev.empty(2 * n + 1, tt.i32)
-        self.ids = self.step.view(0, n)
-        self.positions = self.step.view(n, n)
-        self.lengths = self.step.view(2 * n, 1)
+        hd, n = cfg.head_dim, max_tokens
         self.h = dev.empty((n, cfg.hidden), tt.f32)
         self.x = dev.empty((n, cfg.hidden), tt.f32)
         self.qkv = dev.empty((n, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd), tt.f32)
         self.attn = dev.empty((n, cfg.n_heads, hd), tt.f32)
         self.gate_up = dev.empty((n, 2 * cfg.intermediate), tt.f32)
         self.act = dev.empty((n, cfg.intermediate), tt.f32)
-        self.normed = dev.empty((1, cfg.hidden), tt.f32)
-        self.logits = dev.empty((1, cfg.vocab), tt.f32)
-        self.all_logits: Tensor | None = None
-        rows = cfg.n_heads * max(splits, 1)
-        self.partials = (dev.empty((rows, hd), tt.f32), dev.empty((rows, 2), tt.f32))
-
-    def set_tokens(self, tokens, start: int) -> None:
-        """Upload the tokens to run and their positions (start, start+1, …)."""
-        n = self.n
-        pos = np.arange(start, start + n, dtype=np.int32)
-        self.step.copy_from(np.concatenate([np.asarray(tokens, np.int32), pos, [start + n]]))
-
-
-class DecodeGraph:
-    """Decode steps that run as one recorded launch sequence (a CUDA graph, an OpenCL launch
-    list, a Vulkan command buffer…), sampling included: per step the host uploads the token and
-    its position (12 bytes), replays, and reads back the next token (4 bytes).
-
-    Attention's workgroup count depends on the history length, so one recording is kept per
-    split count; each is recorded the first time its length range is reached (that step runs
-    eagerly, which also compiles every kernel before any capture).
-    """
-
-    def __init__(self, model: LlamaModel, cache: KVCache, params):
-        from tattletale.kernels.sampling import BISECT_STEPS, BLOCK
-
-        dev = model.dev
-        self.model, self.cache = model, cache
-        self.ws = Workspace(model, 1, decode_splits(cache.max_len))
-        self.probs = dev.empty((1, model.cfg.vocab), tt.f32)
-        self.next_id = dev.empty(1, tt.i32)
-        self.sampling = (dev.empty(1, tt.f32), dev.empty(1, tt.i32), dev.empty(1, tt.f32),
-                         dev.empty(1, tt.f32), dev.empty(1, tt.u32))
-        self.set_params(params)
-        self.block, self.bisect = BLOCK, BISECT_STEPS
-        self.recordings: dict[int, object] = {}
-
-    def set_params(self, params) -> None:
-        """New sampling settings for the following steps (the recordings read them from device
-        buffers, so they stay valid)."""
-        temperature, top_k, top_p, min_p, seed = self.sampling
-        temperature.copy_from(np.array([params.temperature], np.float32))
-        top_k.copy_from(np.array([params.top_k], np.int32))
-        top_p.copy_from(np.array([params.top_p], np.float32))
-        min_p.copy_from(np.array([params.min_p], np.float32))
-        seed.copy_from(np.array([params.seed & 0xFFFFFFFF], np.uint32))
-
-    def _launch(self) -> None:
-        from tattletale.kernels.sampling import sample_kernel
-
-        self.model.run(self.ws, self.cache, None)
-        temperature, top_k, top_p, min_p, seed = self.sampling
-        counter = self.ws.positions.bitview(tt.u32)  # the position numbers the draws
-        sample_kernel[1, self.block](self.ws.logits, self.probs, temperature, top_k, top_p, min_p,
-                                     seed, counter, self.next_id, self.model.cfg.vocab, self.block,
-                                     self.bisect)
-
-    def step(self, token: int) -> int:
-        """Append `token` at the cache's end and return the sampled next token."""
-        pos = self.cache.length
-        if pos + 1 > self.cache.max_len:
-            raise ValueError(f"context overflow: {pos + 1} tokens > {self.cache.max_len}")
-        splits = decode_splits(pos + 1)
-        self.ws.set_tokens([token], pos)
-        rec = self.recordings.get(splits)
-        if rec is None:
-            self.ws.splits = splits
-            self._launch()
-            with self.model.dev.record() as rec:
-                self._launch()
-            self.recordings[splits] = rec
-        else:
-            rec.replay()
-        self.cache.length = pos + 1
-        return int(self.next_id.numpy()[0])
+        rows = max(max_rows, 1)
+        self.picked = dev.empty((rows, cfg.hidden), tt.f32)
+        self.normed = dev.empty((rows, cfg.hidden), tt.f32)
+        self.logits = dev.empty((rows, cfg.vocab), tt.f32)
+        partial_rows = max_seqs * cfg.n_heads * max(max_splits, 1)
+        self.partials = (dev.empty((partial_rows, hd), tt.f32), dev.empty((partial_rows, 2), tt.f32))

@@ -249,6 +249,11 @@ class Device(ABC):
     @abstractmethod
     def synchronize(self) -> None: ...
 
+    def free_memory(self) -> int | None:
+        """Bytes of device memory free for new allocations, where the API can tell (None: it
+        cannot, e.g. a CPU device sharing the host's memory)."""
+        return None
+
     @abstractmethod
     def event(self) -> Event:
         """Record an event in the device queue now."""

@@ -225,6 +225,10 @@ class CudaDevice(Device):
         function = _check(drv.cuModuleGetFunction(module, gen.entry.encode()))
         return CudaKernel(self, module, function, gen, constexpr_mask)
 
+    def free_memory(self) -> int:
+        free, _total = _check(_driver().cuMemGetInfo())
+        return int(free)
+
     def synchronize(self):
         _check(_driver().cuStreamSynchronize(self.stream))
 
