@@ -197,11 +197,14 @@ def _serve(args) -> int:
         print(f"tt: no model file or directory at {path}", file=sys.stderr)
         return 2
 
+    options = dict(kv_memory=args.kv_memory, page_size=args.page_size,
+                   max_batch_tokens=args.max_batch_tokens, max_context=args.context)
+
     def load():
         from tattletale.engine.core import load_engine
 
-        return load_engine(args.model, args.backend, args.kv_memory, args.page_size,
-                           args.max_batch_tokens, args.context)
+        return load_engine(args.model, args.backend, progress=sys.stderr.isatty(),
+                           **{k: v for k, v in options.items() if v is not None})
 
     print(f"tt: serving {path.name} on http://{args.host}:{args.port}/v1 (loading the model; /health "
           f"answers 200 once it is ready)", file=sys.stderr)
@@ -232,18 +235,15 @@ def _count(least: int):
     return parse
 
 
-def _size(text: str) -> int:
-    """An argparse type: a size in bytes, with an optional unit (512MiB, 4GB, 2G)."""
-    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    number = text.strip().rstrip("bB").removesuffix("i")
-    unit = number[-1:].lower() if number[-1:].isalpha() else ""
+def _kv_memory(text: str) -> str:
+    """An argparse type: a --kv-memory value the engine will accept (checked here, parsed there)."""
+    from tattletale.cache.pages import kv_budget
+
     try:
-        value = float(number[:len(number) - len(unit)]) * units[unit]
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4GiB, 512MiB)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be positive")
-    return int(value)
+        kv_budget(text, 2**40)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=_count(0), default=8000)
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest present")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
-    p.add_argument("--kv-memory", type=_size, default=None,
-                   help="device memory for the KV cache, e.g. 2GiB (default: the engine's choice)")
+    p.add_argument("--kv-memory", type=_kv_memory, default=None,
+                   help="device memory for the KV cache: a size (8GiB, 512MB) or a fraction of the "
+                        "memory free after loading the weights (0.9); default: the engine's choice")
     p.add_argument("--page-size", type=_count(1), default=None, help="tokens per KV cache page")
     p.add_argument("--max-batch-tokens", type=_count(1), default=None,
                    help="most tokens one engine step computes (prefill chunks and decodes)")

@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
     load_delay = float(os.environ.get("TT_FAKE_LOAD_DELAY", "0"))
     step_delay = float(os.environ.get("TT_FAKE_STEP_DELAY", "0.002"))
 
-    def load_engine(model, backend, kv_memory, page_size, max_batch_tokens, max_context):
+    def load_engine(model, backend, *, progress=False, max_context=None, **options):
         time.sleep(load_delay)
         if os.environ.get("TT_FAKE_LOAD_FAIL"):
             raise RuntimeError("the device ran out of memory\nsecond line")

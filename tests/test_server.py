@@ -264,11 +264,15 @@ def test_json_object(client, engine):
     assert JSON_INSTRUCTION not in engine.tokenizer.decode(submitted(engine, r.id)[0].prompt_ids)
 
 
-def test_json_answer_unwraps_fences_only_around_json():
+def test_json_answer_is_the_first_json_object():
     assert _json_answer('```json\n{"a": 1}\n```') == '{"a": 1}'
     assert _json_answer('  {"a": [1, 2]}\n') == '{"a": [1, 2]}'
+    assert _json_answer('Sure: {"a": {"b": "}"}} is it. {"c": 2}') == '{"a": {"b": "}"}}'
+    assert _json_answer('{broken {"ok": true}') == '{"ok": true}'
     assert _json_answer("```\nnot json\n```") == "```\nnot json\n```"
-    assert _json_answer("[1, 2]") == "[1, 2]"
+    assert _json_answer("[1, 2] {") == "[1, 2] {"
+    deep = '{"a":' * 5000
+    assert _json_answer(deep) == deep  # nested past the parser's depth: not an object
 
 
 def test_developer_role_and_content_parts(client, engine):
@@ -308,9 +312,9 @@ def test_metrics(client, server):
     assert values["tattletale_inter_token_latency_seconds_count"] >= 2
     assert values["tattletale_e2e_request_latency_seconds_count"] >= 1
     for name in ("requests_running", "requests_waiting", "kv_pages_total", "kv_pages_used", "kv_pages_free",
-                 "batch_tokens", "prefix_cache_hit_rate", "prefix_cache_queries_total",
-                 "prefix_cache_hits_total", "prompt_tokens_total", "generation_tokens_total",
-                 "engine_steps_total"):
+                 "batch_tokens", "batch_sequences", "prefix_cache_pages", "prefix_cache_hit_rate",
+                 "prefix_cache_queries_total", "prefix_cache_hits_total", "prompt_tokens_total",
+                 "generation_tokens_total", "engine_steps_total", "preemptions_total"):
         assert "tattletale_" + name in values, name
     assert values["tattletale_kv_pages_total"] == 64
     assert 0 < values["tattletale_prefix_cache_hit_rate"] < 1
@@ -336,6 +340,7 @@ ERRORS = [
     (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "invalid_json", None),
     (CHAT, b"", 400, "invalid_json", None),
     (CHAT, b"[1, 2]", 400, "invalid_json", None),
+    (CHAT, b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "invalid_json", None),
     (CHAT, {"messages": []}, 400, "invalid_value", "messages"),
     (CHAT, {}, 400, "missing_required_parameter", "messages"),
     (CHAT, {"messages": "hi"}, 400, "invalid_value", "messages"),

@@ -7,14 +7,13 @@ Policies (docs/server.md explains them to users):
 * a prompt that leaves no room for one token is a 400 `context_length_exceeded`.
 * with a seed, choice i samples with seed + i; without one, each choice gets a random seed.
 * `response_format: json_object` adds a system instruction (unless a message already asks for
-  JSON) and unwraps a Markdown code fence around a valid JSON answer; output is not constrained.
+  JSON) and answers with the first JSON object in the output; the output is not constrained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import time
 import uuid
@@ -34,7 +33,7 @@ from .streaming import DONE, event, sse_response
 
 LEGACY_DEFAULT_MAX_TOKENS = 16
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n\s*```$", re.S)
+JSON_ATTEMPTS = 16
 
 
 def check_model(engine: EngineLike, model: str | None) -> None:
@@ -147,15 +146,22 @@ def _fail(out: Output) -> APIError:
 
 
 def _json_answer(text: str) -> str:
-    """A JSON-object answer without the Markdown fence models like to put around it; other text
-    unchanged (the output is not constrained, so it may not be JSON at all)."""
-    stripped = text.strip()
-    fenced = _FENCE.match(stripped)
-    candidate = fenced.group(1).strip() if fenced else stripped
-    try:
-        return candidate if isinstance(json.loads(candidate), dict) else text
-    except ValueError:
-        return text
+    """The first JSON object in the answer, without the code fence or prose small models put
+    around it; the text unchanged when it holds none (the output is not constrained). Only the
+    first few candidate braces are tried, which bounds the time on long non-JSON answers."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    for _ in range(JSON_ATTEMPTS):
+        if start < 0:
+            break
+        try:
+            value, end = decoder.raw_decode(text, start)
+            if isinstance(value, dict):
+                return text[start:end]
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            pass
+        start = text.find("{", start + 1)
+    return text
 
 
 def _chat_messages(body: ChatCompletionRequest) -> list[dict]:

@@ -34,7 +34,9 @@ class _EngineCollector(Collector):
                   ("kv_pages_total", "KV cache pages", m.kv_pages_total),
                   ("kv_pages_used", "KV cache pages in use", m.kv_pages_used),
                   ("kv_pages_free", "KV cache pages free", m.kv_pages_free),
-                  ("batch_tokens", "Tokens in the engine's last step", m.batch_tokens_last)]
+                  ("batch_tokens", "Tokens in the engine's last step", m.batch_tokens_last),
+                  ("batch_sequences", "Sequences in the engine's last step", m.batch_seqs_last),
+                  ("prefix_cache_pages", "KV cache pages held by the prefix cache", m.prefix_cache_pages)]
         for name, doc, value in gauges:
             yield GaugeMetricFamily(f"tattletale_{name}", doc, value=value)
         rate = m.prefix_cache_hits / m.prefix_cache_queries if m.prefix_cache_queries else 0.0
@@ -45,7 +47,8 @@ class _EngineCollector(Collector):
                     ("prefix_cache_hits", "Prompt tokens found in the prefix cache", m.prefix_cache_hits),
                     ("prompt_tokens", "Prompt tokens processed", m.prompt_tokens_total),
                     ("generation_tokens", "Tokens generated", m.generation_tokens_total),
-                    ("engine_steps", "Engine steps run", m.steps_total)]
+                    ("engine_steps", "Engine steps run", m.steps_total),
+                    ("preemptions", "Requests preempted to free KV pages", m.preemptions)]
         for name, doc, value in counters:
             yield CounterMetricFamily(f"tattletale_{name}", doc, value=value)
 

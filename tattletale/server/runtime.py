@@ -140,6 +140,9 @@ class Generation:
             except ContextOverflow as exc:
                 self.close()
                 raise APIError(400, str(exc), self._param, "context_length_exceeded") from None
+            except RuntimeError:  # the engine stopped accepting: shutdown began after require()
+                self.close()
+                raise APIError(503, "The server is shutting down", code="shutting_down") from None
             self.pending.add(i)
             self.timers[i] = RequestTimer(self.runtime.metrics, time.monotonic())
         self._watch = asyncio.create_task(self._watch_disconnect())

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_N = 16  # choices per request
 MAX_STOP = 16  # stop strings per request
+MAX_STOP_CHARS = 256  # per stop string: the engine looks for each one's prefixes at every step
 MAX_TOP_LOGPROBS = 20
+INT32 = 2**31 - 1  # token ids and top_k travel to the device as 32-bit integers
 
 
 class Strict(BaseModel):
@@ -48,6 +50,10 @@ class ResponseFormat(Strict):
     json_schema: dict[str, Any] | None = None
 
 
+TokenId = Annotated[int, Field(ge=0, le=INT32)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+
+
 class SamplingFields(Strict):
     """What chat and legacy completions share: the model, sampling, stopping and streaming."""
 
@@ -55,14 +61,14 @@ class SamplingFields(Strict):
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)  # -1 or 0: off
+    top_k: int | None = Field(None, ge=-1, le=INT32)  # -1 or 0: off
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
@@ -108,7 +114,7 @@ class ChatCompletionRequest(SamplingFields):
         return self
 
 
-Prompt = str | list[str] | list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]]
+Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(SamplingFields):
@@ -157,7 +163,7 @@ class TokenizeRequest(Strict):
 
 class DetokenizeRequest(Strict):
     model: str | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[TokenId]
 
 
 BODIES = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest)
