@@ -77,6 +77,8 @@ class ModelRunner:
                 rec.replay()
         else:
             self.model.run(self.ws, self.kv, batch)
+        if rows == 0:
+            return [], []
         row_of = {id(s): r for r, s in enumerate(batch.sampled)}  # the batch puts decode first
         order = [row_of[id(s)] for s in sampled_spans]
         params = [s.sampling for s in batch.sampled]

@@ -276,6 +276,8 @@ class LlamaModel:
             linear(x, layer.w_gate_up, out=gate_up)
             linear(swiglu(gate_up, cfg.intermediate, out=act), layer.w_down, residual=h, out=h)
         rows = batch.n_rows
+        if rows == 0:  # a step of prompt chunks only: nothing to sample yet
+            return
         picked = ws.picked.view(0, (rows, cfg.hidden))
         embedding(Weight("f32", (n, cfg.hidden), h), v["logit_rows"], out=picked)
         normed = ws.normed.view(0, (rows, cfg.hidden))
