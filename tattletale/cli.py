@@ -208,6 +208,9 @@ def _serve(args) -> int:
 
     print(f"tt: serving {path.name} on http://{args.host}:{args.port}/v1 (loading the model; /health "
           f"answers 200 once it is ready)", file=sys.stderr)
+    if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tt: warning: {args.host} may be reachable from other machines and no --api-key is set",
+              file=sys.stderr)
     try:
         serve(load, host=args.host, port=args.port, api_key=args.api_key,
               shutdown_timeout=args.shutdown_timeout)
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="HF model directory, .gguf file, or bundled name (default: smollm2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
                    "this machine only; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=_count(0), default=8000)
+    p.add_argument("--port", type=_count(1), default=8000)
     p.add_argument("--backend", choices=BACKENDS, help="default: the fastest present")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     p.add_argument("--kv-memory", type=_kv_memory, default=None,

@@ -286,12 +286,17 @@ def test_developer_role_and_content_parts(client, engine):
 def test_models_health_tokenize(client, server, engine):
     (card,) = client.models.list().data
     assert card.id == "fake-model" and card.owned_by == "tattletale"
+    assert client.models.retrieve("fake-model") == card
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
     assert post(server, "/health", b"", method="GET") == (200, {"status": "ok"})
     status, body = post(server, "/tokenize", {"prompt": "Hello world"})
     assert status == 200 and body == {"count": 2, "max_model_len": 256,
                                       "tokens": engine.tokenizer.encode("Hello world")}
     status, body = post(server, "/tokenize", {"messages": MESSAGES})
     assert body["tokens"] == engine.chat_prompt(MESSAGES)
+    status, body = post(server, "/tokenize", {"messages": [{"role": "developer", "content": "x"}]})
+    assert body["tokens"] == engine.chat_prompt([{"role": "system", "content": "x"}])
     status, body = post(server, "/detokenize", {"tokens": engine.tokenizer.encode("Hello world")})
     assert status == 200 and body == {"prompt": "Hello world"}
     assert post(server, "/detokenize", {"tokens": [10**6]})[0] == 400

@@ -103,12 +103,19 @@ def create_app(engine: EngineLike | None = None, *, load: Callable[[], EngineLik
         body = {"status": status, **({"error": runtime.load_error} if runtime.load_error else {})}
         return JSONResponse(body, 503)
 
+    def card(engine: EngineLike) -> dict:
+        return {"id": engine.model_name, "object": "model", "created": started, "owned_by": "tattletale",
+                "max_model_len": engine.max_context}
+
     @app.get("/v1/models")
     async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [card(runtime.require())]})
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> JSONResponse:
         engine = runtime.require()
-        card = {"id": engine.model_name, "object": "model", "created": started, "owned_by": "tattletale",
-                "max_model_len": engine.max_context}
-        return JSONResponse({"object": "list", "data": [card]})
+        completions.check_model(engine, model)
+        return JSONResponse(card(engine))
 
     @app.post("/v1/chat/completions", openapi_extra=_body(ChatCompletionRequest))
     async def chat(request: Request) -> Response:
@@ -126,8 +133,7 @@ def create_app(engine: EngineLike | None = None, *, load: Callable[[], EngineLik
         engine = runtime.require()
         completions.check_model(engine, body.model)
         if body.messages is not None:
-            ids = await completions.render(engine, [{"role": m.role, "content": m.text()}
-                                                    for m in body.messages])
+            ids = await completions.render(engine, completions.template_messages(body.messages))
         else:
             ids = await asyncio.to_thread(engine.tokenizer.encode, body.prompt, body.add_special_tokens)
         return JSONResponse({"count": len(ids), "max_model_len": engine.max_context, "tokens": ids})

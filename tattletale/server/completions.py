@@ -28,7 +28,7 @@ from tattletale.kernels.sampling import SamplingParams
 
 from .errors import APIError, error_body
 from .runtime import EngineLike, Generation, Runtime
-from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
 from .streaming import DONE, event, sse_response
 
 LEGACY_DEFAULT_MAX_TOKENS = 16
@@ -164,14 +164,20 @@ def _json_answer(text: str) -> str:
     return text
 
 
-def _chat_messages(body: ChatCompletionRequest) -> list[dict]:
+def template_messages(messages: list[ChatMessage]) -> list[dict]:
     """Messages for the chat template ("developer" is OpenAI's newer name for "system")."""
-    messages = []
-    for m in body.messages:
+    out = []
+    for m in messages:
         msg = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         if m.name is not None:
             msg["name"] = m.name
-        messages.append(msg)
+        out.append(msg)
+    return out
+
+
+def _chat_messages(body: ChatCompletionRequest) -> list[dict]:
+    """The request's messages, with the JSON instruction when json_object asks for it."""
+    messages = template_messages(body.messages)
     wants_json = body.response_format is not None and body.response_format.type == "json_object"
     if wants_json and not any("json" in m["content"].lower() for m in messages):
         if messages[0]["role"] == "system":
