@@ -157,7 +157,9 @@ class FakeEngine:
             self._generated += 1
         lp = None
         if req.logprobs is not None:
-            lp = [TokenLogprob(token, -0.25, [(token + j, -0.5 - j) for j in range(req.logprobs)])]
+            # the third alternative is impossible: -inf, as after a top-k cut
+            top = [(token + j, -0.5 - j if j != 2 else float("-inf")) for j in range(req.logprobs)]
+            lp = [TokenLogprob(token, -0.25, top)]
         ended = token == self.eos and not req.ignore_eos or token in req.stop_token_ids
         text = self.tokenizer.decode(r.made)  # EOS is special: never in the text
         cut = min((i for i in (text.find(s) for s in req.stop) if i >= 0), default=-1)

@@ -120,7 +120,7 @@ def test_completion_defaults_to_16_tokens(client, engine):
     assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
 
 
-def test_completion_stream_with_logprobs(client):
+def test_completion_stream_with_logprobs(client, server):
     chunks = list(client.completions.create(model="fake-model", prompt="Hello brave new world",
                                             temperature=0, stream=True, logprobs=2,
                                             stream_options={"include_usage": True}))
@@ -132,6 +132,8 @@ def test_completion_stream_with_logprobs(client):
     assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     first = body[0].choices[0].logprobs
     assert first.token_logprobs == [-0.25] and len(first.top_logprobs[0]) == 2
+    raw = post(server, COMP, {"prompt": "Hi", "logprobs": 3, "stream": True, "max_tokens": 1})[1]
+    assert "Infinity" not in raw and "-9999.0" in raw  # strict JSON: no non-finite numbers
     assert chunks[-1].usage.completion_tokens == len(tokens)
 
 
@@ -151,7 +153,7 @@ def test_chat_logprobs(client):
     assert "".join(c.token for c in content) == r.choices[0].message.content
     for c in content:
         assert c.logprob == -0.25 and bytes(c.bytes).decode() == c.token
-        assert [t.logprob for t in c.top_logprobs] == [-0.5, -1.5, -2.5]
+        assert [t.logprob for t in c.top_logprobs] == [-0.5, -1.5, -9999.0]  # -inf: OpenAI's floor
     r = client.chat.completions.create(model="fake-model", messages=MESSAGES, logprobs=True, max_tokens=2)
     assert all(c.top_logprobs == [] for c in r.choices[0].logprobs.content)
 

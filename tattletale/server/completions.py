@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
 import uuid
@@ -34,6 +35,7 @@ from .streaming import DONE, event, sse_response
 LEGACY_DEFAULT_MAX_TOKENS = 16
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 JSON_ATTEMPTS = 16
+LOGPROB_FLOOR = -9999.0
 
 
 def check_model(engine: EngineLike, model: str | None) -> None:
@@ -125,7 +127,7 @@ class _Tokens:
     def chat(self, logprobs: list[TokenLogprob]) -> list[dict]:
         def entry(token_id: int, logprob: float) -> dict:
             s = self(token_id)
-            return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
+            return {"token": s, "logprob": _finite(logprob), "bytes": list(s.encode())}
         return [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
                 for lp in logprobs]
 
@@ -136,13 +138,25 @@ class _Tokens:
         for t in tokens:
             offsets.append(offset)
             offset += len(t)
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
-                "top_logprobs": [{self(t): v for t, v in lp.top} for lp in logprobs],
+        return {"tokens": tokens, "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+                "top_logprobs": [{self(t): _finite(v) for t, v in lp.top} for lp in logprobs],
                 "text_offset": offsets}
+
+
+def _finite(logprob: float) -> float:
+    """A logprob JSON can carry: an impossible token (-inf) gets OpenAI's floor, -9999."""
+    value = float(logprob)
+    return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
 def _fail(out: Output) -> APIError:
     return APIError(500, f"Generation failed: {out.error}", code="engine_error", type="server_error")
+
+
+def _error_event(out: Output) -> str:
+    """A failure after a stream began: an error event (the status line has been sent already)."""
+    err = _fail(out)
+    return event(error_body(err.message, err.type, err.param, err.code))
 
 
 def _json_answer(text: str) -> str:
@@ -248,8 +262,7 @@ async def _chat_stream(gen: Generation, head: dict, tokens: _Tokens, prompts: li
             yield chunk(i, {"role": "assistant", "content": ""})
         async for i, out in gen:
             if out.error:
-                yield event(error_body(f"Generation failed: {out.error}", "server_error", None,
-                                       "engine_error"))
+                yield _error_event(out)
                 yield DONE
                 return
             choices[i].add(out)
@@ -314,8 +327,7 @@ async def _completion_stream(gen: Generation, head: dict, tokens: _Tokens, promp
     async with gen:
         async for i, out in gen:
             if out.error:
-                yield event(error_body(f"Generation failed: {out.error}", "server_error", None,
-                                       "engine_error"))
+                yield _error_event(out)
                 yield DONE
                 return
             choices[i].add(out)
