@@ -143,7 +143,8 @@ def bench_gpu(backends, n_tokens: int) -> None:
                   f"{hf_decode_tps(torch, cfg, prompt, n_tokens):.1f} | |", flush=True)
 
 
-def hf_decode_tps(torch, cfg: ModelConfig, prompt: list[int], n_tokens: int) -> float:
+def hf_model(torch, cfg: ModelConfig):
+    """A randomly initialised HF Llama of cfg's shape, bf16, on the GPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_cfg = LlamaConfig(vocab_size=cfg.vocab, hidden_size=cfg.hidden,
@@ -151,20 +152,38 @@ def hf_decode_tps(torch, cfg: ModelConfig, prompt: list[int], n_tokens: int) -> 
                          num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
                          head_dim=cfg.head_dim, tie_word_embeddings=cfg.tie_embeddings)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(hf_cfg).to(torch.bfloat16).eval()
+        return LlamaForCausalLM(hf_cfg).to(torch.bfloat16).eval()
+
+
+def hf_generate_s(torch, model, ids, n: int) -> float:
+    """Seconds HF's greedy `generate` takes for n new tokens of every row of ids."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def hf_decode_tps(torch, cfg: ModelConfig, prompt: list[int], n_tokens: int) -> float:
+    model = hf_model(torch, cfg)
     ids = torch.tensor([prompt], device="cuda")
-
-    def run(n):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
     with torch.no_grad():
-        run(2)
-        t1, tn = run(1), run(n_tokens + 1)
+        hf_generate_s(torch, model, ids, 2)
+        t1, tn = hf_generate_s(torch, model, ids, 1), hf_generate_s(torch, model, ids, n_tokens + 1)
     return n_tokens / (tn - t1)
+
+
+def hf_batch_generate(torch, cfg: ModelConfig, prompts: list[list[int]], n_tokens: int) -> float:
+    """Output tok/s of HF's batched greedy generate over equal-length prompts (prefill included,
+    as an engine's throughput includes it)."""
+    model = hf_model(torch, cfg)
+    ids = torch.tensor(prompts, device="cuda")
+    with torch.no_grad():
+        hf_generate_s(torch, model, ids[:, :8], 2)
+        seconds = hf_generate_s(torch, model, ids, n_tokens)
+    del model
+    torch.cuda.empty_cache()
+    return len(prompts) * n_tokens / seconds
 
 
 def main() -> None:
