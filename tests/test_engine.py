@@ -21,7 +21,7 @@ from tattletale.models import open_model
 from tattletale.models.llama import LlamaModel
 
 CONTEXT = 1024
-BACKENDS = ["opencl", "vulkan", "webgpu"]
+BACKENDS = ["opencl", "vulkan", "webgpu", "cuda"]
 GREEDY = SamplingParams(temperature=0.0)
 
 

@@ -99,8 +99,13 @@ def decode_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, lengths: t
         o[j] = 0.0
     m = NEG_INF
     denom = 0.0
+    # the slot of the next key is looked up one iteration ahead, so the page-table read is not
+    # on the path from one key's address to its loads
+    nxt = kv_slot(tables, b, min(start + sg, max(stop - 1, 0)), width, PAGE)
     for t in range(start + sg, stop, NSG):
-        slot = kv_slot(tables, b, t, width, PAGE)
+        slot = nxt
+        if t + NSG < stop:
+            nxt = kv_slot(tables, b, t + NSG, width, PAGE)
         s = 0.0
         for j in tt.static_range(DL):
             s += qv[j] * k[kv_index(slot, hk, lane * DL + j, n_kv, D)]
