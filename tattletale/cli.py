@@ -89,9 +89,11 @@ def _run(args) -> int:
               f"{', '.join(available) or 'none'}", file=sys.stderr)
         return 2
     try:
+        options = {k: v for k, v in (("kv_memory", args.kv_memory), ("page_size", args.page_size))
+                   if v is not None}
         llm = LLM(args.model, backend=args.backend, max_context=args.context,
-                  progress=sys.stderr.isatty())
-    except (ModelFileError, UnsupportedModel) as exc:
+                  progress=sys.stderr.isatty(), **options)
+    except (ModelFileError, UnsupportedModel, ValueError) as exc:
         print(f"tt: {exc}", file=sys.stderr)
         return 2
     sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -281,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat", dest="chat", action="store_true", default=None,
                    help="wrap prompts in the model's chat template (default when it has one)")
     p.add_argument("--no-chat", dest="chat", action="store_false")
+    p.add_argument("--kv-memory", type=_kv_memory, default=None,
+                   help="memory for the KV cache: a size (8GiB, 512MB) or a fraction of the free "
+                        "memory (0.5); default: two full contexts, at most half the free memory")
+    p.add_argument("--page-size", type=_count(1), default=None,
+                   help="tokens per KV cache page (default: 16); prefixes are re-used in whole pages")
     p.set_defaults(func=_run)
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("model", nargs="?", default=None,
