@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tattletale.cache.kv import PagedKV
 from tattletale.cache.pages import PagePool, kv_budget
@@ -72,6 +73,7 @@ class Engine:
         cfg = model.cfg
         self.model, self.tokenizer, self.template = model, tokenizer, chat_template
         self.model_name = model_name
+        self.path: Path | None = None  # the model file, when loaded by load_engine
         self.config = cfg
         dev = model.dev
         layout = model.kv_layout(page_size)
@@ -129,7 +131,7 @@ class Engine:
         if not self._accepting:
             raise RuntimeError("the engine is shutting down")
         seq = Sequence(request, list(request.prompt_ids), len(request.prompt_ids))
-        seq.state["stream"] = _Stream(sink, self.tokenizer.stream() if self.tokenizer else None)
+        seq.output = _Stream(sink, self.tokenizer.stream() if self.tokenizer else None)
         with self._cond:
             self._inbox.append(seq)
             self._cond.notify()
@@ -193,7 +195,7 @@ class Engine:
 
     def _accept(self, seq: Sequence, token: int, lp) -> None:
         """Append a sampled token; deliver the text it completes; finish on a stop condition."""
-        req, st = seq.request, seq.state["stream"]
+        req, st = seq.request, seq.output
         seq.tokens.append(token)
         self._metrics.generation_tokens_total += 1
         st.new_ids.append(token)
@@ -216,7 +218,7 @@ class Engine:
 
     def _deliver(self, seq: Sequence, held: int = 0, finish: str | None = None,
                  error: str | None = None) -> None:
-        st = seq.state["stream"]
+        st = seq.output
         end = len(st.text) - held
         text = st.text[st.emitted:end] if end > st.emitted else ""
         st.emitted = max(st.emitted, end)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from tattletale.cache.pages import OutOfPages, PagePool, PageTable
 from tattletale.cache.radix import PrefixCache
@@ -43,7 +44,7 @@ class Sequence:
     admitted: bool = False
     inserted: int = 0  # tokens already offered to the prefix cache
     finish_reason: str | None = None
-    state: dict = field(default_factory=dict)  # the engine's per-request output state
+    output: Any = None  # the engine's per-request output state (text so far, where its sink is)
 
     @property
     def n_generated(self) -> int:
