@@ -11,6 +11,7 @@ from .dsl.types import (
     f16,
     f32,
     f64,
+    fragment,
     from_bf16_bits,
     i8,
     i16,
@@ -38,6 +39,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "BackendCompileError", "CompileError", "Buffer", "Device", "Tensor", "bf16", "bool_",
-    "constexpr", "device", "devices", "f16", "f32", "f64", "from_bf16_bits", "func", "i8", "i16",
+    "constexpr", "device", "devices", "f16", "f32", "f64", "fragment", "from_bf16_bits", "func", "i8", "i16",
     "i32", "i64", "kernel", "to_bf16_bits", "u8", "u16", "u32", "u64", "vector",
 ]

@@ -23,8 +23,18 @@ def default_caps(target: str) -> Caps:
     return _module(target).DEFAULT_CAPS
 
 
+def native_mma(target: str, caps: Caps) -> bool:
+    """Whether the target prints `tt.mma` and `tt.async_copy` to matrix and copy instructions of
+    the device; elsewhere they are lowered to ordinary code (codegen/mma.py)."""
+    return getattr(_module(target), "native_mma", lambda caps: False)(caps)
+
+
 def render(target: str, kernel: ir.Kernel, caps: Caps) -> Generated:
+    if kernel.features & {"mma", "async_copy"} and not native_mma(target, caps):
+        from .mma import lower
+
+        kernel = lower(kernel, caps.subgroup_size)
     return _module(target).render(kernel, caps)
 
 
-__all__ = ["Caps", "Generated", "TARGETS", "default_caps", "render"]
+__all__ = ["Caps", "Generated", "TARGETS", "default_caps", "native_mma", "render"]

@@ -1,10 +1,21 @@
-"""CUDA C dialect of the C-family printer (compiled by NVRTC)."""
+"""CUDA C dialect of the C-family printer (compiled by NVRTC).
+
+Matrix fragments (sm_80 and later) live in the registers of `mma.sync.m16n8k16`: an A or B
+fragment is four 32-bit registers filled by one `ldmatrix.x4` (`.trans` for a B stored [k][n]),
+an accumulator eight floats, and one `tt.mma` is two `mma.sync` on the left and right 16×8
+halves. `tt.async_copy` is `cp.async` (zero-filling through its source-size operand). Kernels
+whose shared arrays exceed the 48 KB of static shared memory take them from dynamic shared memory
+(`Generated.shared_bytes`), which the runtime enables per function.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from ..dsl import types as T
 from . import ir
-from .cfamily import Caps, CPrinter
+from .cfamily import Caps, CPrinter, Generated
 
 _VEC_BASE = {"f32": "float", "f64": "double", "i8": "char", "u8": "uchar", "i16": "short",
              "u16": "ushort", "i32": "int", "u32": "uint", "i64": "longlong", "u64": "ulonglong"}
@@ -60,6 +71,73 @@ def _warp_reduce_helpers() -> dict[str, str]:
     return h
 
 
+@dataclass
+class CudaGenerated(Generated):
+    """CUDA C, and the dynamic shared memory each launch provides (shared arrays past 48 KB)."""
+
+    shared_bytes: int = 0
+
+
+_FRAG_TYPES = {"a": "tt_frag16", "b": "tt_frag16", "acc": "tt_frag32"}
+STATIC_SHARED_LIMIT = 48 * 1024
+
+
+def _mma_helpers() -> dict[str, str]:
+    fi = "__device__ __forceinline__"
+    h = {
+        "tt_frag16": "struct tt_frag16 { unsigned r[4]; };",
+        "tt_frag32": "struct tt_frag32 { float v[8]; };",
+        "tt_smem": "extern __shared__ __align__(16) unsigned char tt_smem[];",
+        "tt_mma_zero": f"{fi} tt_frag32 tt_mma_zero() {{ tt_frag32 c; "
+                       f"for (int i = 0; i < 8; i++) c.v[i] = 0.0f; return c; }}",
+        "tt_cp_async_commit": f'{fi} void tt_cp_async_commit() {{ asm volatile("cp.async.commit_group;" '
+                              f'::: "memory"); }}',
+    }
+    for trans in ("", ".trans"):
+        name = "tt_ldsm" + ("_t" if trans else "")
+        h[name] = (
+            f"{fi} tt_frag16 {name}(const unsigned short* p) {{ tt_frag16 f; "
+            f"unsigned a = (unsigned)__cvta_generic_to_shared(p); "
+            f'asm volatile("ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 {{%0, %1, %2, %3}}, [%4];" '
+            f': "=r"(f.r[0]), "=r"(f.r[1]), "=r"(f.r[2]), "=r"(f.r[3]) : "r"(a)); return f; }}')
+    # Lane l supplies the address of one 8-element row: matrix q = l / 8, row l % 8 of it. The four
+    # matrices are A's (rows 0-7 | 8-15) × (k 0-7 | 8-15), column-major over the quadrants, and B's
+    # (k 0-7 | 8-15) × (n 0-7 | 8-15), which is mma's register order for each 16×8 half.
+    rows_cols = {
+        "a": ("(int)(l & 15u)", "(int)((l >> 4) << 3)", "tt_ldsm"),
+        "bt": ("(int)((l & 7u) + ((l >> 4) << 3))", "(int)(((l >> 3) & 1u) << 3)", "tt_ldsm"),
+        "b": ("(int)((l & 7u) + (((l >> 3) & 1u) << 3))", "(int)((l >> 4) << 3)", "tt_ldsm_t"),
+    }
+    for use, (r, c, ld) in rows_cols.items():
+        h[f"tt_mma_load_{use}"] = (
+            f"{fi} tt_frag16 tt_mma_load_{use}(const unsigned short* s, int row, int col, int ld) "
+            f"{{ unsigned l = tt_linear_tid() & 31u; return {ld}(s + (row + {r}) * ld + col + {c}); }}")
+    for t in ("f16", "bf16"):
+        halves = []
+        for half, (c0, c1, c2, c3) in enumerate(((0, 1, 4, 5), (2, 3, 6, 7))):
+            halves.append(
+                f'asm("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{%0, %1, %2, %3}}, '
+                f'{{%4, %5, %6, %7}}, {{%8, %9}}, {{%0, %1, %2, %3}};" : "+f"(c.v[{c0}]), '
+                f'"+f"(c.v[{c1}]), "+f"(c.v[{c2}]), "+f"(c.v[{c3}]) : "r"(a.r[0]), "r"(a.r[1]), '
+                f'"r"(a.r[2]), "r"(a.r[3]), "r"(b.r[{2 * half}]), "r"(b.r[{2 * half + 1}]));')
+        h[f"tt_mma_{t}"] = (f"{fi} tt_frag32 tt_mma_{t}(tt_frag16 a, tt_frag16 b, tt_frag32 c) "
+                            f"{{ {' '.join(halves)} return c; }}")
+    for n in (4, 8, 16):
+        cache = "cg" if n == 16 else "ca"  # .cg (L2 only) exists for 16-byte copies alone
+        h[f"tt_cp_async{n}"] = (
+            f"{fi} void tt_cp_async{n}(void* dst, const void* src, bool pred) {{ "
+            f"unsigned d = (unsigned)__cvta_generic_to_shared(dst); "
+            f'asm volatile("cp.async.{cache}.shared.global [%0], [%1], {n}, %2;" :: "r"(d), "l"(src), '
+            f'"r"(pred ? {n} : 0) : "memory"); }}')
+    return h
+
+
+def native_mma(caps: Caps) -> bool:
+    """mma.sync with bf16, ldmatrix and cp.async need sm_80 (compute_80) or later."""
+    digits = re.sub(r"\D", "", caps.arch)
+    return bool(digits) and int(digits) >= 80
+
+
 class CudaPrinter(CPrinter):
     value_types = {
         "f32": "float", "f64": "double", "f16": "float", "bf16": "float", "i8": "signed char",
@@ -93,12 +171,91 @@ class CudaPrinter(CPrinter):
         ("f64", "u64"): "(unsigned long long)__double_as_longlong",
         ("i64", "f64"): "__longlong_as_double", ("u64", "f64"): "__longlong_as_double",
     }
-    helpers = {**_fp16_helpers(), **_warp_reduce_helpers()}
+    helpers = {**_fp16_helpers(), **_warp_reduce_helpers(), **_mma_helpers()}
     helper_deps = {
+        "tt_ldsm": ("tt_frag16",), "tt_ldsm_t": ("tt_frag16",), "tt_mma_zero": ("tt_frag32",),
+        **{f"tt_mma_load_{u}": ("tt_linear_tid", "tt_ldsm_t" if u == "b" else "tt_ldsm")
+           for u in ("a", "b", "bt")},
+        **{f"tt_mma_{t}": ("tt_frag16", "tt_frag32") for t in ("f16", "bf16")},
         **{f"tt_round_{t}": (f"tt_{t}_value", f"tt_{t}_bits") for t in ("f16", "bf16")},
         **{f"tt_v{op}_{t}x{n}": (f"tt_{t}_value", f"tt_{t}_bits")
            for op in ("load", "store") for t in ("f16", "bf16") for n in (2, 4)},
     }
+
+    def __init__(self, kernel: ir.Kernel, caps: Caps):
+        super().__init__(kernel, caps)
+        shared = [v for v in kernel.locals
+                  if isinstance(v.type, T.ArrayType) and v.type.space == "shared"]
+        sizes = [-(-v.type.size * v.type.elem.itemsize // 16) * 16 for v in shared]
+        self.shared_bytes = sum(sizes) if sum(sizes) > STATIC_SHARED_LIMIT else 0
+        self.shared_offsets: dict[int, int] = {}
+        offset = 0
+        for v, size in zip(shared, sizes):
+            self.shared_offsets[id(v)] = offset
+            offset += size
+
+    def render(self) -> CudaGenerated:
+        gen = super().render()
+        return CudaGenerated(gen.text, gen.entry, gen.params, gen.line_map, self.shared_bytes)
+
+    def vtype(self, t: T.Type) -> str:
+        if isinstance(t, T.FragmentType):
+            return self.need(_FRAG_TYPES[t.use])
+        return super().vtype(t)
+
+    def local_decl(self, v: ir.Var) -> str:
+        t = v.type
+        if isinstance(t, T.ArrayType) and isinstance(t.elem, T.FragmentType):
+            return f"{self.vtype(t.elem)} {self.name(v)}[{t.size}];"
+        if isinstance(t, T.ArrayType) and t.space == "shared":
+            st = self.storage_type(t.elem)
+            if self.shared_bytes:
+                smem = self.need("tt_smem")
+                return f"{st}* {self.name(v)} = ({st}*)({smem} + {self.shared_offsets[id(v)]});"
+            return f"__shared__ __align__(16) {st} {self.name(v)}[{t.size}];"
+        return super().local_decl(v)
+
+    def load(self, var: ir.Var, index: str) -> str:
+        if isinstance(var.type.elem, T.FragmentType):
+            return f"{self.name(var)}[{index}]"
+        return super().load(var, index)
+
+    def store(self, var: ir.Var, index: str, value: ir.Expr) -> str:
+        if isinstance(var.type.elem, T.FragmentType):
+            return f"{self.name(var)}[{index}] = {self.expr(value)}"
+        return super().store(var, index, value)
+
+    def e_FragElem(self, e: ir.FragElem) -> str:
+        return f"{self.expr(e.frag)}.v[{self.expr(e.index)}]"
+
+    def e_MmaLoad(self, e: ir.MmaLoad) -> str:
+        use = "a" if e.use == "a" else ("bt" if e.trans else "b")
+        fn = self.need(f"tt_mma_load_{use}")
+        ld = e.var.type.shape[1]
+        return f"{fn}({self.name(e.var)}, {self.expr(e.row)}, {self.expr(e.col)}, {ld})"
+
+    def e_Mma(self, e: ir.Mma) -> str:
+        fn = self.need(f"tt_mma_{e.a.type.elem.name}")
+        return f"{fn}({self.expr(e.a)}, {self.expr(e.b)}, {self.expr(e.c)})"
+
+    def e_MmaZero(self, e: ir.MmaZero) -> str:
+        return f"{self.need('tt_mma_zero')}()"
+
+    def simple_stmt(self, s: ir.Stmt, depth: int) -> None:
+        if isinstance(s, ir.AsyncCopy):
+            n = s.count * s.dst.type.elem.itemsize
+            pred = self.expr(s.pred)
+            src = f"{self.name(s.src)}[{self.expr(s.src_index)}]"
+            if not (isinstance(s.pred, ir.Const) and s.pred.value):  # never read past a tail
+                src = f"{self.name(s.src)}[({pred}) ? ({self.expr(s.src_index)}) : 0]"
+            self.line(f"{self.need(f'tt_cp_async{n}')}(&{self.name(s.dst)}[{self.expr(s.dst_index)}], "
+                      f"&{src}, {pred});", depth)
+        elif isinstance(s, ir.AsyncCommit):
+            self.line(f"{self.need('tt_cp_async_commit')}();", depth)
+        elif isinstance(s, ir.AsyncWait):
+            self.line(f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");', depth)
+        else:
+            super().simple_stmt(s, depth)
 
     def vector_type(self, t: T.VectorType) -> str:
         elem = T.f32 if t.elem.is_float and t.elem.bits == 16 else t.elem
@@ -156,7 +313,7 @@ class CudaPrinter(CPrinter):
         return f"{self.need(f'tt_subgroup_{op}_{t.name}')}({args[0]})"
 
 
-def render(kernel: ir.Kernel, caps: Caps):
+def render(kernel: ir.Kernel, caps: Caps) -> CudaGenerated:
     return CudaPrinter(kernel, caps).render()
 
 

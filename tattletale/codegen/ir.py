@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dsl.types import ArrayType, BufferType, ScalarType, Type, VectorType
+from ..dsl.types import ArrayType, BufferType, FragmentType, ScalarType, Type, VectorType, f32
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,56 @@ class Atomic(Expr):
         self.type = self.var.type.elem
 
 
+@dataclass(eq=False)
+class MmaLoad(Expr):
+    """A 16×16 operand fragment read from a 2-D shared array by the lanes of a subgroup.
+
+    use "a": A[m][k] = var[row + m, col + k]. use "b": B[k][n] = var[row + k, col + n], or with
+    `trans` (B stored as its transpose, as the rows of a weight matrix are) var[row + n, col + k].
+    """
+
+    var: Var
+    row: Expr
+    col: Expr
+    use: str
+    trans: bool = False
+
+    def __post_init__(self):
+        self.type = FragmentType(self.use, self.var.type.elem)
+
+
+@dataclass(eq=False)
+class Mma(Expr):
+    """c + a @ b on 16×16×16 fragments (f32 accumulate). Operands are `Ref`s of fragment
+    variables or `Load`s from arrays of fragments (the front end names every fragment value)."""
+
+    a: Expr
+    b: Expr
+    c: Expr
+
+    def __post_init__(self):
+        self.type = self.c.type
+
+
+@dataclass(eq=False)
+class FragElem(Expr):
+    """Element `index` of this lane's share of an accumulator fragment (`Ref` or `Load` of one)."""
+
+    frag: Expr
+    index: Expr
+
+    def __post_init__(self):
+        self.type = self.frag.type.elem
+
+
+@dataclass(eq=False)
+class MmaZero(Expr):
+    """An accumulator fragment of zeros."""
+
+    def __post_init__(self):
+        self.type = FragmentType("acc", f32)
+
+
 # --- statements ---------------------------------------------------------------------------------
 
 
@@ -276,6 +326,32 @@ class ExprStmt(Stmt):
 
 
 @dataclass(eq=False)
+class AsyncCopy(Stmt):
+    """Start copying `count` elements src[src_index …] to dst[dst_index …] (a shared array); where
+    `pred` is false, zeros are written and src is not read. The copy is complete for the issuing
+    thread after the `AsyncWait` that covers its group, and for other threads after a barrier."""
+
+    dst: Var
+    dst_index: Expr
+    src: Var
+    src_index: Expr
+    count: int
+    pred: Expr
+
+
+@dataclass(eq=False)
+class AsyncCommit(Stmt):
+    """Close the group of asynchronous copies this thread started since the last commit."""
+
+
+@dataclass(eq=False)
+class AsyncWait(Stmt):
+    """Wait until at most `pending` of this thread's committed copy groups are unfinished."""
+
+    pending: int
+
+
+@dataclass(eq=False)
 class Kernel:
     """One specialized kernel: what a target printer receives."""
 
@@ -310,6 +386,12 @@ def children(node) -> list:
         return list(node.args)
     if isinstance(node, Atomic):
         return [node.index, *node.args]
+    if isinstance(node, MmaLoad):
+        return [node.row, node.col]
+    if isinstance(node, Mma):
+        return [node.a, node.b, node.c]
+    if isinstance(node, FragElem):
+        return [node.frag, node.index]
     if isinstance(node, Assign):
         return [node.value]
     if isinstance(node, (Store, VecStore)):
@@ -322,6 +404,8 @@ def children(node) -> list:
         return [node.cond, *node.body]
     if isinstance(node, ExprStmt):
         return [node.expr]
+    if isinstance(node, AsyncCopy):
+        return [node.dst_index, node.src_index, node.pred]
     return []
 
 
@@ -339,7 +423,7 @@ def walk_body(body: list[Stmt]):
 
 def is_pure(e: Expr) -> bool:
     """True when evaluating `e` has no side effects and cannot fault (no loads, atomics)."""
-    return not any(isinstance(n, (Load, VecLoad, Atomic)) for n in walk(e))
+    return not any(isinstance(n, (Load, VecLoad, Atomic, MmaLoad)) for n in walk(e))
 
 
 # --- text form ----------------------------------------------------------------------------------
@@ -375,6 +459,15 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Atomic):
         args = ", ".join(format_expr(a) for a in e.args)
         return f"atomic_{e.op} %{e.var.name}[{format_expr(e.index)}], {args}"
+    if isinstance(e, MmaLoad):
+        kind = f"{e.use}{'.trans' if e.trans else ''}"
+        return f"mma_load.{kind} %{e.var.name}[{format_expr(e.row)}, {format_expr(e.col)}]"
+    if isinstance(e, Mma):
+        return f"mma({format_expr(e.a)}, {format_expr(e.b)}, {format_expr(e.c)})"
+    if isinstance(e, MmaZero):
+        return "mma_zero"
+    if isinstance(e, FragElem):
+        return f"{format_expr(e.frag)}[{format_expr(e.index)}]"
     raise TypeError(type(e))
 
 
@@ -416,14 +509,20 @@ def _format_body(body: list[Stmt], out: list[str], depth: int, last: list) -> No
             _format_body(s.body, out, depth + 1, last)
         elif isinstance(s, ExprStmt):
             out.append(f"{pad}{format_expr(s.expr)}")
+        elif isinstance(s, AsyncCopy):
+            out.append(f"{pad}async_copy %{s.dst.name}[{format_expr(s.dst_index)}] = "
+                       f"%{s.src.name}[{format_expr(s.src_index)}] x{s.count} if {format_expr(s.pred)}")
+        elif isinstance(s, AsyncWait):
+            out.append(f"{pad}async_wait {s.pending}")
         else:
             out.append(f"{pad}{type(s).__name__.lower()}")
 
 
 __all__ = [
-    "ArrayType", "BufferType", "ScalarType", "VectorType", "Loc", "Var", "Expr", "Const", "Ref",
-    "Binary", "Unary", "Cast", "Bitcast", "Select", "Load", "VecLoad", "Lane", "MakeVec", "Call",
-    "Atomic", "Stmt", "Assign", "Store", "VecStore", "If", "For", "While", "Break", "Continue",
-    "Return", "Barrier", "ExprStmt", "Kernel", "walk", "walk_body", "children", "is_pure",
+    "ArrayType", "BufferType", "FragmentType", "ScalarType", "VectorType", "Loc", "Var", "Expr",
+    "Const", "Ref", "Binary", "Unary", "Cast", "Bitcast", "Select", "Load", "VecLoad", "Lane",
+    "MakeVec", "Call", "Atomic", "MmaLoad", "Mma", "MmaZero", "FragElem", "Stmt", "Assign", "Store",
+    "VecStore", "If", "For", "While", "Break", "Continue", "Return", "Barrier", "ExprStmt", "AsyncCopy",
+    "AsyncCommit", "AsyncWait", "Kernel", "walk", "walk_body", "children", "is_pure",
     "format_kernel", "format_expr",
 ]

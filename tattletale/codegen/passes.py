@@ -127,6 +127,12 @@ def _fold_expr(e: ir.Expr) -> ir.Expr:
     elif isinstance(e, ir.Atomic):
         e.index = _fold_expr(e.index)
         e.args = [_fold_expr(x) for x in e.args]
+    elif isinstance(e, ir.MmaLoad):
+        e.row, e.col = _fold_expr(e.row), _fold_expr(e.col)
+    elif isinstance(e, ir.Mma):
+        e.a, e.b, e.c = _fold_expr(e.a), _fold_expr(e.b), _fold_expr(e.c)
+    elif isinstance(e, ir.FragElem):
+        e.frag, e.index = _fold_expr(e.frag), _fold_expr(e.index)
     return e
 
 
@@ -144,6 +150,9 @@ def _fold_body(body: list[ir.Stmt]) -> list[ir.Stmt]:
             s.index, s.value = _fold_expr(s.index), _fold_expr(s.value)
         elif isinstance(s, ir.ExprStmt):
             s.expr = _fold_expr(s.expr)
+        elif isinstance(s, ir.AsyncCopy):
+            s.dst_index, s.src_index = _fold_expr(s.dst_index), _fold_expr(s.src_index)
+            s.pred = _fold_expr(s.pred)
         elif isinstance(s, ir.If):
             s.cond = _fold_expr(s.cond)
             s.then, s.orelse = _fold_body(s.then), _fold_body(s.orelse)
@@ -336,4 +345,10 @@ def _with_children(e: ir.Expr, kids: list[ir.Expr]) -> ir.Expr:
     elif isinstance(e, ir.Atomic):
         e.index, *rest = kids
         e.args = rest
+    elif isinstance(e, ir.MmaLoad):
+        e.row, e.col = kids
+    elif isinstance(e, ir.Mma):
+        e.a, e.b, e.c = kids
+    elif isinstance(e, ir.FragElem):
+        e.frag, e.index = kids
     return e

@@ -365,7 +365,7 @@ class _Printer:
         rt = self.reg(t)
         if t.is_float:
             if t == T.bf16:
-                v = float(T.from_bf16_bits(T.to_bf16_bits(np.float32(v)))[()])
+                v = T.from_bf16_bits(T.to_bf16_bits(np.float32(v))).item()
             with np.errstate(over="ignore"):
                 arr = np.array(v, np.float64 if t.bits == 64 else np.float16 if t == T.f16 else np.float32)
             bits = int(arr.astype(np.float64 if t.bits == 64 else np.float32).view(

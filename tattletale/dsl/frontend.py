@@ -288,7 +288,7 @@ class KernelBuilder:
 
     def _e_Name(self, node: ast.Name):
         v = self.lookup(node.id, node)
-        if isinstance(v, ir.Var) and isinstance(v.type, (T.ScalarType, T.VectorType)):
+        if isinstance(v, ir.Var) and isinstance(v.type, (T.ScalarType, T.VectorType, T.FragmentType)):
             return self._mk(ir.Ref(v))
         return v
 
@@ -529,6 +529,8 @@ class KernelBuilder:
                     0 <= k.value < base.type.lanes:
                 raise self.error("vector lanes are selected by a constant index", node)
             return self._mk(ir.Lane(base, k.value))
+        if isinstance(base, ir.Expr) and isinstance(base.type, T.FragmentType):
+            return self._acc_element(base, self.expr(node.slice), node)
         raise self.error("only buffers, arrays and vectors can be indexed", node)
 
     def index(self, var: ir.Var, node: ast.expr) -> ir.Expr:
@@ -577,6 +579,14 @@ class KernelBuilder:
             return self._inline(f, node)
         if f is builtins.range:
             raise self.error("range(...) is only valid as a for-loop iterable", node)
+        if f is builtins.len and len(node.args) == 1 and not node.keywords:
+            v = self.expr(node.args[0])
+            if isinstance(v, ir.Expr):
+                return Py(self._length(v, node))
+            try:
+                return Py(len(v.value if isinstance(v, Py) else v))
+            except TypeError as exc:
+                raise self.error(f"compile-time call of 'len' failed: {exc}", node) from None
         if f in (builtins.min, builtins.max, builtins.abs):
             return self._builtin(BUILTINS[f.__name__], node)
         if f in (builtins.float, builtins.int, builtins.bool):
@@ -810,6 +820,10 @@ class KernelBuilder:
             shp = (shp,)
         if not isinstance(shp, tuple) or not all(isinstance(d, int) and d > 0 for d in shp):
             raise self.error(f"tt.{name} needs a compile-time shape of positive integers", node)
+        if isinstance(dtype, Py) and isinstance(dtype.value, T.FragmentType):
+            if space == "shared":
+                raise self.error("fragments live in registers: use tt.array, not tt.shared", node)
+            return Py(_PendingArray(T.ArrayType(dtype.value, shp, space)))
         if not isinstance(dtype, Py) or not isinstance(dtype.value, T.ScalarType):
             raise self.error(f"tt.{name} needs a scalar dtype such as tt.f32", node)
         return Py(_PendingArray(T.ArrayType(dtype.value, shp, space)))
@@ -858,6 +872,172 @@ class KernelBuilder:
         v = self._subgroup_value(x, node, name)
         self.features.add("subgroup")
         return self._mk(ir.Call(name, [v], v.type))
+
+    # --- matrix multiply-accumulate (see codegen/mma.py) ----------------------------------------
+
+    def _mma_layout(self, node):
+        from ..codegen.mma import layout
+
+        try:
+            return layout(self.subgroup_size)
+        except ValueError as exc:
+            raise self.error(str(exc), node) from None
+
+    def _b_mma_load(self, name, node):
+        s, row, col = self._args(node, 3, name)
+        var = s if isinstance(s, ir.Var) else None
+        if var is None or not isinstance(var.type, T.ArrayType) or var.type.space != "shared" or \
+                len(var.type.shape) != 2:
+            raise self.error(f"tt.{name}(s, row, col) reads a 2-D shared array, e.g. "
+                             f"tt.shared((64, 40), tt.f16)", node)
+        if var.type.elem not in (T.f16, T.bf16):
+            raise self.error(f"tt.{name} reads f16 or bf16 elements, not {var.type.elem}", node)
+        rows, cols = var.type.shape
+        if cols % 8:
+            raise self.error(f"rows of '{var.name}' must be a multiple of 8 elements (16 bytes) for "
+                             f"tt.{name}, not {cols}", node)
+        r, c = self._vec_index(row, node.args[1]), self._vec_index(col, node.args[2])
+        for what, e, limit in (("row", r, rows), ("column", c, cols)):
+            if isinstance(e, ir.Const) and not 0 <= e.value <= limit - 16:
+                raise self.error(f"the 16×16 tile at {what} {e.value} does not fit in '{var.name}' "
+                                 f"({limit} {what}s)", node)
+        if isinstance(c, ir.Const) and c.value % 8:
+            raise self.error(f"the tile's first column must be a multiple of 8 (16-byte aligned rows), "
+                             f"not {c.value}", node)
+        self.features.add("mma")
+        return self._mk(ir.MmaLoad(var, r, c, "a" if name == "mma_load_a" else "b",
+                                   name == "mma_load_bt"))
+
+    def _b_mma_zeros(self, name, node):
+        self._args(node, 0, name)
+        self.features.add("mma")
+        return self._mk(ir.MmaZero())
+
+    def _named_fragment(self, e: ir.Expr) -> ir.Expr:
+        """A fragment value as a variable or an element of an array of fragments (what mma
+        operands and element reads take), assigning other expressions to a temporary."""
+        if isinstance(e, (ir.Ref, ir.Load)):
+            return e
+        tmp = self.new_var("frag", e.type)
+        self.emit(ir.Assign(tmp, e))
+        return self._mk(ir.Ref(tmp))
+
+    def _b_mma(self, name, node):
+        vals = self._args(node, 3, name)
+        ops = []
+        for v, use, what in zip(vals, ("a", "b", "acc"), ("first", "second", "third")):
+            if not isinstance(v, ir.Expr) or not isinstance(v.type, T.FragmentType) or v.type.use != use:
+                got = v.type if isinstance(v, (ir.Expr, ir.Var)) else repr(v.value)
+                src = {"a": "tt.mma_load_a", "b": "tt.mma_load_b/bt", "acc": "tt.mma_zeros or tt.mma"}
+                raise self.error(f"the {what} argument of tt.mma must be an '{use}' fragment (from "
+                                 f"{src[use]}), got {got}", node)
+            ops.append(self._named_fragment(v))
+        a, b, c = ops
+        if a.type.elem != b.type.elem:
+            raise self.error(f"tt.mma needs A and B of one type, got {a.type.elem} and {b.type.elem}",
+                             node)
+        self.features.add("mma")
+        return self._mk(ir.Mma(a, b, c))
+
+    def _length(self, e: ir.Expr, node) -> int:
+        t = e.type
+        if isinstance(t, T.VectorType):
+            return t.lanes
+        if isinstance(t, T.FragmentType) and t.use == "acc":
+            return self._mma_layout(node).count
+        if isinstance(t, T.FragmentType):
+            raise self.error("operand fragments are opaque: only accumulators have elements", node)
+        raise self.error(f"len() of a runtime {t} value", node)
+
+    def _acc_element(self, frag: ir.Expr, k, node) -> ir.Expr:
+        count = self._length(frag, node)
+        if isinstance(k, Py) and (not isinstance(k.value, int) or not 0 <= k.value < count):
+            raise self.error(f"accumulator element {k.value!r} does not exist: a lane holds "
+                             f"{count} (len(acc))", node)
+        return self._mk(ir.FragElem(self._named_fragment(frag), self._element_index(k, node)))
+
+    def _element_index(self, k, node) -> ir.Expr:
+        e = self.to_expr(k, node=node)
+        if not isinstance(e.type, T.ScalarType) or not e.type.is_int:
+            raise self.error(f"an accumulator element index must be an integer, got {e.type}", node)
+        return self.cast(e, T.i32)
+
+    def _b_mma_coord(self, name, node):
+        (e,) = self._args(node, 1, name)
+        lay = self._mma_layout(node)
+        if isinstance(e, Py) and (not isinstance(e.value, int) or not 0 <= e.value < lay.count):
+            raise self.error(f"accumulator element {e.value!r} does not exist: a lane holds "
+                             f"{lay.count} (len(acc))", node)
+        if not isinstance(e, Py):
+            e = self._element_index(e, node)
+        lane = Py(0)
+        if lay.lanes > 1:
+            self.features.add("subgroup")
+            lane = self._mk(ir.Call("subgroup_local_id", [], T.i32))
+        b = self.binary
+
+        def offset(o, i):  # (i // period) * big + (i % period) * small
+            if o.period == 1:
+                return b("*", i, Py(o.big), node)
+            return b("+", b("*", b("//", i, Py(o.period), node), Py(o.big), node),
+                     b("*", b("%", i, Py(o.period), node), Py(o.small), node), node)
+
+        nc = Py(lay.cols.count)
+        row = b("+", b("//", lane, Py(lay.row_div), node), offset(lay.rows, b("//", e, nc, node)), node)
+        col = b("*", b("%", lane, Py(lay.col_mod), node), Py(lay.col_mul), node)
+        col = b("+", col, offset(lay.cols, b("%", e, nc, node)), node)
+        # runtime values even where they fold (one-lane subgroups): names bound to them may be
+        # reassigned under runtime control flow, as in any unrolled loop
+        return Py((self.to_expr(row, T.i32, node), self.to_expr(col, T.i32, node)))
+
+    def _b_async_copy(self, name, node):
+        if len(node.args) not in (5, 6):
+            raise self.error("tt.async_copy(dst, dst_index, src, src_index, n[, pred]) takes 5 or 6 "
+                             "arguments", node)
+        dst = self.expr(node.args[0])
+        if not isinstance(dst, ir.Var) or not isinstance(dst.type, T.ArrayType) or \
+                dst.type.space != "shared":
+            raise self.error("tt.async_copy copies into a shared array (its first argument)", node)
+        di = self.index(dst, node.args[1])
+        src = self.expr(node.args[2])
+        if not isinstance(src, ir.Var) or not isinstance(src.type, T.BufferType):
+            raise self.error("tt.async_copy copies from a buffer (its third argument)", node)
+        elem = dst.type.elem
+        if src.type.elem != elem:
+            raise self.error(f"tt.async_copy needs one element type, got {src.type.elem} → {elem}",
+                             node)
+        si = self._vec_index(self.expr(node.args[3]), node.args[3])
+        n = self._const_int(self.expr(node.args[4]), node, "the element count")
+        if n <= 0 or n * elem.itemsize not in (4, 8, 16):
+            raise self.error(f"tt.async_copy moves 4, 8 or 16 bytes, not {n} × {elem}", node)
+        if isinstance(di, ir.Const) and di.value % n:
+            raise self.error(f"the shared destination must be aligned to the copy: its element index "
+                             f"{di.value} is not a multiple of {n}", node)
+        pred = self.const(True, T.bool_)
+        if len(node.args) == 6:
+            pred = self.to_bool(self.to_expr(self.expr(node.args[5]), node=node.args[5]))
+            if not isinstance(pred, (ir.Const, ir.Ref)):
+                tmp = self.new_var("pred", T.bool_)
+                self.emit(ir.Assign(tmp, pred))
+                pred = self._mk(ir.Ref(tmp))
+        self.features.add("async_copy")
+        self.emit(ir.AsyncCopy(dst, di, src, si, n, pred))
+        return Py(None)
+
+    def _b_async_commit(self, name, node):
+        self._args(node, 0, name)
+        self.features.add("async_copy")
+        self.emit(ir.AsyncCommit())
+        return Py(None)
+
+    def _b_async_wait(self, name, node):
+        (n,) = self._args(node, 1, name)
+        pending = self._const_int(n, node, "the number of copy groups left in flight")
+        if pending < 0:
+            raise self.error("tt.async_wait(n) needs n ≥ 0", node)
+        self.features.add("async_copy")
+        self.emit(ir.AsyncWait(pending))
+        return Py(None)
 
     def _b_static_range(self, name, node):
         raise self.error("tt.static_range(...) is only valid as a for-loop iterable", node)
@@ -929,6 +1109,9 @@ class KernelBuilder:
             return v
         if not assigned and ir.is_pure(v) and isinstance(v, (ir.Ref, ir.Const)):
             return v
+        if not assigned and isinstance(v, ir.Load) and isinstance(v.type, T.FragmentType) and \
+                ir.is_pure(v.index):
+            return v  # an element of an array of fragments: aliased, not copied
         t = v.type
         if isinstance(t, T.ScalarType) and t.is_float and t.bits == 16:
             t, v = T.f32, self.cast(v, T.f32)  # 16-bit values compute in f32, as in kernels
@@ -1042,7 +1225,7 @@ class KernelBuilder:
                 self._scope.names[name] = value  # an alias of a buffer/array
                 return
             e = self.to_expr(value, node=node)
-            if isinstance(e.type, (T.ScalarType, T.VectorType)) and not (
+            if isinstance(e.type, (T.ScalarType, T.VectorType, T.FragmentType)) and not (
                     isinstance(e.type, T.ScalarType) and e.type.bits == 16 and e.type.is_float):
                 var = self.new_var(name, e.type)
             else:  # 16-bit float values live in f32 variables: arithmetic is in f32 anyway
@@ -1084,6 +1267,12 @@ class KernelBuilder:
 
     def _store(self, var: ir.Var, index: ir.Expr, value, node) -> None:
         elem = var.type.elem
+        if isinstance(elem, T.FragmentType):
+            if not isinstance(value, ir.Expr) or value.type != elem:
+                got = value.type if isinstance(value, ir.Expr) else repr(value.value)
+                raise self.error(f"cannot store {got} into an array of {elem}", node)
+            self.emit(ir.Store(var, index, value))
+            return
         if isinstance(var.type, T.BufferType) or var.kind in ("shared", "private"):
             e = self.cast(self._assignable(value, elem, node), elem)
             self.emit(ir.Store(var, index, e))

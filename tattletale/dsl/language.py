@@ -57,6 +57,21 @@ _define("subgroup_shuffle", "shuffle shuffle_xor subgroup_broadcast",
         "Read a value from another lane of the subgroup: by lane index, by lane xor mask, or from one lane.")
 _define("subgroup_reduce", "subgroup_sum subgroup_max subgroup_min",
         "Reduce a value over the subgroup; every lane receives the result.")
+_define("mma_load", "mma_load_a mma_load_b mma_load_bt",
+        "mma_load_a(s, row, col): the 16×16 A tile s[row:row+16, col:col+16] of a 2-D shared f16/bf16 "
+        "array, as a fragment of the subgroup; mma_load_b reads B[k][n] = s[row + k, col + n], "
+        "mma_load_bt B[k][n] = s[row + n, col + k] (B stored transposed, like a weight's rows).")
+_define("mma_zeros", "mma_zeros", "mma_zeros(): an f32 accumulator fragment of zeros.")
+_define("mma", "mma", "mma(a, b, c): c + a @ b on 16×16×16 fragments, f32 accumulation, by the "
+        "whole subgroup (tensor cores on CUDA).")
+_define("mma_coord", "mma_coord", "mma_coord(e): (row, column) in the 16×16 tile of element e of "
+        "this lane's accumulator share (acc[e], e < len(acc)).")
+_define("async_copy", "async_copy",
+        "async_copy(dst, dst_index, src, src_index, n[, pred]): start copying n elements (4, 8 or "
+        "16 bytes) from a buffer to a shared array; zeros where pred is false.")
+_define("async_commit", "async_commit", "async_commit(): close this thread's group of async copies.")
+_define("async_wait", "async_wait",
+        "async_wait(n): wait until at most n of this thread's copy groups are in flight.")
 _define("static_range", "static_range", "range(...) unrolled at compile time; bounds must be constants.")
 _define("static_assert", "static_assert", "static_assert(cond, msg): a compile-time check.")
 

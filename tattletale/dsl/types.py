@@ -87,7 +87,7 @@ class BufferType(Type):
 class ArrayType(Type):
     """A fixed-shape array in workgroup-shared (`space="shared"`) or private memory."""
 
-    elem: ScalarType
+    elem: ScalarType | FragmentType  # fragments only in private arrays
     shape: tuple[int, ...]
     space: str  # "shared" | "private"
 
@@ -100,6 +100,23 @@ class ArrayType(Type):
 
     def __str__(self) -> str:
         return f"{self.space}[{self.elem}, {self.shape}]"
+
+    __repr__ = __str__
+
+
+@dataclass(frozen=True)
+class FragmentType(Type):
+    """A 16×16 matrix tile held collectively by the lanes of a subgroup (see `tt.mma`): operand A
+    or B of a product (f16/bf16 elements, opaque) or an f32 accumulator (elements readable).
+
+    Only the accumulator's per-lane share is defined (codegen/mma.py gives its layout), so each
+    target keeps operands in the form its matrix units (or its fallback) want."""
+
+    use: str  # "a" | "b" | "acc"
+    elem: ScalarType
+
+    def __str__(self) -> str:
+        return f"fragment[{self.use}, {self.elem}]"
 
     __repr__ = __str__
 
@@ -166,6 +183,15 @@ def as_type(t) -> ScalarType:
     if isinstance(t, str) and t in SCALARS:
         return SCALARS[t]
     return from_numpy(t)
+
+
+def fragment(use: str, elem: ScalarType = f32) -> FragmentType:
+    """The type of an mma fragment, for arrays of them: `tt.array((4,), tt.fragment("a", tt.f16))`,
+    `tt.array((4, 4), tt.fragment("acc"))`."""
+    if use in ("a", "b") and elem in (f16, bf16) or use == "acc" and elem == f32:
+        return FragmentType(use, elem)
+    raise TypeError(f"no fragment {use!r} of {elem}: operands 'a' and 'b' hold f16 or bf16, "
+                    f"accumulators ('acc') f32")
 
 
 def vector(elem: ScalarType, lanes: int) -> VectorType:

@@ -10,8 +10,10 @@ thread owns a row, which is the cache-friendly order there.
 from __future__ import annotations
 
 import tattletale as tt
+from tattletale.codegen import native_mma
 from tattletale.runtimes import Tensor
 
+from .gemm import gemm
 from .quant import Weight, dequant_element, half_hi, half_lo, nibble, sbyte
 
 MAX_GEMV_ROWS = 16
@@ -19,6 +21,7 @@ CPU_LANES = 16  # threads per output feature on devices without subgroups (tuned
 GEMV_UNROLL = 1  # chunks per loop step (benchmarks/tune_gemv.py measures 1 and 2)
 GEMM_TILE = 64  # BM = BN; 16×16 threads, each computing a 4×4 block of outputs
 GEMM_BK = 32  # one quantization block of K per step
+MMA_MIN_ROWS = 16  # from M = 16 on, 16-bit weights go to the matrix units where the device has them
 
 
 @tt.func
@@ -208,7 +211,10 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
            out: Tensor | None = None, rows: int | None = None, unroll: int | None = None) -> Tensor:
     """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
 
-    Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run the tiled GEMM.
+    Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run the tiled GEMM: for f16/bf16
+    weights from MMA_MIN_ROWS rows on, on devices with matrix units, gemm.gemm (tensor cores; x of
+    any float type, f32 accuracy); otherwise the SIMT kernel below (any format, decoded while
+    staging; CPU backends, where the portable mma lowering is no faster).
     """
     n, k = w.shape
     m = x.size // k
@@ -221,6 +227,9 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     scales = w.scales if w.scales is not None else w.data
     mins = w.mins if w.mins is not None else scales
     bias_arg = bias if bias is not None else out
+    caps = x.device.caps
+    if w.fmt in ("f16", "bf16") and m >= MMA_MIN_ROWS and native_mma(caps.target, caps):
+        return gemm(x, w.data, out, bias, residual)
     if m > MAX_GEMV_ROWS:
         grid = (-(-n // GEMM_TILE), -(-m // GEMM_TILE))
         gemm_kernel[grid, (16, 16)](x, w.data, scales, mins, bias_arg,

@@ -126,13 +126,14 @@ class CudaKernel:
         self.ptrs = ptrs
         self.ptrs_address = ctypes.addressof(ptrs)
         self.cu_launch = _driver().cuLaunchKernel
+        self.shared_bytes = gen.shared_bytes
 
     def launch(self, grid, block, args) -> None:
         for i, value, size in self.slots:
             a = args[i]
             value.value = a.alloc.handle + a.offset * size if size else a
         err = self.cu_launch(self.function, grid[0], grid[1], grid[2], block[0], block[1], block[2],
-                             0, self.device.stream, self.ptrs_address, 0)
+                             self.shared_bytes, self.device.stream, self.ptrs_address, 0)
         if err[0] != 0:
             _check(err)
 
@@ -223,6 +224,9 @@ class CudaDevice(Device):
             cache.store(key, cubin)
         module = _check(drv.cuModuleLoadData(np.frombuffer(cubin, np.uint8).ctypes.data))
         function = _check(drv.cuModuleGetFunction(module, gen.entry.encode()))
+        if gen.shared_bytes:  # shared arrays past 48 KB come from dynamic shared memory
+            attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            _check(drv.cuFuncSetAttribute(function, attr, gen.shared_bytes))
         return CudaKernel(self, module, function, gen, constexpr_mask)
 
     def free_memory(self) -> int:

@@ -1,0 +1,229 @@
+"""y = x @ W.T (+ bias) (+ residual) for 16-bit weights through `tt.mma` (tensor cores on CUDA).
+
+A workgroup computes a BM × BN tile of y with WM × WN subgroups, each owning a (BM/WM) × (BN/WN)
+block of 16×16 accumulator fragments. K advances in steps of BK through a ring of STAGES
+shared-memory buffers filled by `tt.async_copy` (cp.async on CUDA): while the subgroups multiply
+the tile in one buffer, the copies for the tiles STAGES-1 steps ahead are in flight, so one
+barrier per step suffices. Rows of the shared tiles are padded by 8 elements (16 bytes), which
+puts the eight 16-byte rows `ldmatrix` reads at once (and the copies' 16-byte writes) in distinct
+banks. Copies past M, N or K write zeros, so any M and N (and K a multiple of 8) work.
+
+Tiles are visited in groups of GROUP_M tile rows (column by column inside a group), so the W
+tiles a group streams are reused from L2 by its rows.
+
+Activations of another type than W (f32, say) are first split into PARTS matrices of W's type
+whose sum is x (x = hi + lo, the rounding residue of each part exact in f32): two parts carry
+f16's 22 bits, three bf16's 24. The kernel multiplies the stacked parts [x0 | x1 | …] by
+[W | W | …] along K, so the tensor cores' exact products and f32 sums give f32 accuracy at PARTS
+times the matrix work; activations already in W's type take one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tattletale as tt
+from tattletale.runtimes import Tensor
+
+PAD = 8  # elements added to each shared row: 16 bytes, ldmatrix rows in distinct banks
+CHUNK = 8  # elements per 16-byte copy
+# 16-bit parts that carry an activation type's significand in a weight type (f32: 24 bits; f16: 11;
+# bf16: 8). bf16 → f16 keeps every bf16 significand, but not magnitudes past f16's range.
+PARTS = {("f32", "f16"): 2, ("f32", "bf16"): 3, ("f16", "bf16"): 2, ("bf16", "f16"): 1}
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile shape: BM × BN outputs per workgroup, WM × WN subgroups, K in steps of BK through
+    STAGES shared buffers."""
+
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+    stages: int
+    group_m: int = 8
+
+    def threads(self, subgroup_size: int) -> int:
+        return self.wm * self.wn * subgroup_size
+
+    def shared_bytes(self) -> int:
+        return self.stages * (self.bm + self.bn) * (self.bk + PAD) * 2
+
+
+# Tensor cores (32-lane subgroups): 64×64 per subgroup; smaller tiles where few rows would leave
+# most multiprocessors idle.
+CUDA_CONFIG = GemmConfig(128, 128, 64, 2, 2, 3)
+CUDA_SMALL_M_CONFIG = GemmConfig(32, 64, 64, 1, 2, 4)
+SMALL_M = 64
+# The portable lowering (CPU OpenCL, lavapipe, WebGPU): small tiles, under 32 KB of shared memory
+# even where 16-bit shared elements take 32 bits (WGSL).
+PORTABLE_CONFIG = GemmConfig(32, 32, 32, 2, 2, 2)
+
+
+@tt.func
+def load_tile(src, dst, row0, rows, k0, K, stage, tid, BR: tt.constexpr, BK: tt.constexpr,
+              THREADS: tt.constexpr):
+    """Start copying rows row0 … row0+BR-1, columns k0 … k0+BK-1 of the K-wide matrix src into
+    stage `stage` of dst (zeros outside rows × K)."""
+    PER_ROW = BK // CHUNK
+    for i in range(-(-BR * PER_ROW // THREADS)):  # constant bounds: unrolled by compilers that gain
+        c = tid + i * THREADS
+        if BR * PER_ROW % THREADS == 0 or c < BR * PER_ROW:
+            r = c // PER_ROW
+            kc = (c % PER_ROW) * CHUNK
+            ok = row0 + r < rows and k0 + kc < K
+            tt.async_copy(dst, (stage * BR + r, kc), src, (row0 + r) * K + k0 + kc, CHUNK, ok)
+
+
+@tt.func
+def load_step(x, w, xs, ws, s, stage, steps_k, m0, n0, M, N, K, tid, BM: tt.constexpr,
+              BN: tt.constexpr, BK: tt.constexpr, THREADS: tt.constexpr, PARTS: tt.constexpr):
+    """Start the copies of step s's tiles of x (part s // steps_k) and w into `stage`."""
+    k0 = s * BK
+    part0 = 0
+    if PARTS > 1:
+        k0 = s % steps_k * BK
+        part0 = s // steps_k * M
+    load_tile(x, xs, part0 + m0, part0 + M, k0, K, stage, tid, BM, BK, THREADS)
+    load_tile(w, ws, n0, N, k0, K, stage, tid, BN, BK, THREADS)
+
+
+@tt.func
+def store_element(acc, e, row0, col0, bias, residual, y, M, N, HAS_BIAS: tt.constexpr,
+                  HAS_RESIDUAL: tt.constexpr):
+    """y = element e of the accumulator tile at (row0, col0) (+ bias) (+ residual), inside M × N."""
+    r, c = tt.mma_coord(e)
+    m = row0 + r
+    n = col0 + c
+    if m < M and n < N:
+        v = acc[e]
+        if HAS_BIAS:
+            v += bias[n]
+        if HAS_RESIDUAL:
+            v += residual[m * N + n]
+        y[m * N + n] = v
+
+
+@tt.kernel
+def split_kernel(x: tt.Buffer, parts: tt.Buffer, n: tt.i32, DT: tt.constexpr, PARTS: tt.constexpr):
+    """parts[p] = the p-th DT-rounded residue of x: Σ_p parts[p] = x to PARTS·(DT's bits)."""
+    i = tt.global_id(0)
+    if i < n:
+        v = tt.f32(x[i])
+        for p in tt.static_range(PARTS):
+            h = tt.cast(v, DT)
+            parts[p * n + i] = h
+            v = v - h
+
+
+@tt.kernel
+def gemm_mma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer,
+                    M: tt.i32, N: tt.i32, K: tt.i32, DT: tt.constexpr, PARTS: tt.constexpr,
+                    BM: tt.constexpr, BN: tt.constexpr, BK: tt.constexpr, WM: tt.constexpr,
+                    WN: tt.constexpr, STAGES: tt.constexpr, GROUP_M: tt.constexpr,
+                    HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
+    """y[M, N] = Σ_p x[p] @ w.T (+ bias[N]) (+ residual[M, N]) for x [PARTS, M, K] and w [N, K]
+    of DT (f16/bf16), y any float type. One-dimensional workgroups of WM · WN subgroups."""
+    THREADS = WM * WN * tt.subgroup_size()
+    FM = BM // WM // 16  # fragments per subgroup along M and N
+    FN = BN // WN // 16
+    tt.static_assert(BM % (WM * 16) == 0 and BN % (WN * 16) == 0 and BK % 16 == 0 and STAGES >= 2,
+                     "tile shape")
+    xs = tt.shared((STAGES * BM, BK + PAD), DT)
+    ws = tt.shared((STAGES * BN, BK + PAD), DT)
+    acc = tt.array((FM, FN), tt.fragment("acc"))
+    af = tt.array((FM,), tt.fragment("a", DT))
+    bf = tt.array((FN,), tt.fragment("b", DT))
+    tid = tt.local_id(0)
+    sg = tt.subgroup_id()
+    wm0 = sg // WN * (BM // WM)
+    wn0 = sg % WN * (BN // WN)
+
+    tiles_m = (M + BM - 1) // BM
+    tiles_n = (N + BN - 1) // BN
+    pid = tt.group_id(0)
+    per_group = GROUP_M * tiles_n
+    first = pid // per_group * GROUP_M
+    rows_in_group = min(tiles_m - first, GROUP_M)
+    m0 = (first + pid % per_group % rows_in_group) * BM
+    n0 = pid % per_group // rows_in_group * BN
+
+    for i in tt.static_range(FM):
+        for j in tt.static_range(FN):
+            acc[i, j] = tt.mma_zeros()
+    steps_k = (K + BK - 1) // BK
+    steps = PARTS * steps_k  # step s: part s // steps_k, K from (s % steps_k) * BK
+    for s in tt.static_range(STAGES - 1):
+        if s < steps:
+            load_step(x, w, xs, ws, s, s, steps_k, m0, n0, M, N, K, tid, BM, BN, BK, THREADS, PARTS)
+        tt.async_commit()
+    for step in range(steps):
+        tt.async_wait(STAGES - 2)  # this thread's copies of `step` have landed
+        tt.barrier()  # everyone's have; and everyone is done with the buffer refilled next
+        ahead = step + STAGES - 1
+        if ahead < steps:
+            load_step(x, w, xs, ws, ahead, ahead % STAGES, steps_k, m0, n0, M, N, K, tid, BM, BN,
+                      BK, THREADS, PARTS)
+        tt.async_commit()
+        st = step % STAGES
+        for kk in tt.static_range(0, BK, 16):
+            for i in tt.static_range(FM):
+                af[i] = tt.mma_load_a(xs, st * BM + wm0 + i * 16, kk)
+            for j in tt.static_range(FN):
+                bf[j] = tt.mma_load_bt(ws, st * BN + wn0 + j * 16, kk)
+            for i in tt.static_range(FM):
+                for j in tt.static_range(FN):
+                    acc[i, j] = tt.mma(af[i], bf[j], acc[i, j])
+
+    for i in tt.static_range(FM):
+        for j in tt.static_range(FN):
+            if len(acc[i, j]) <= 8:  # registers (tensor cores): unrolled, constant indices
+                for e in tt.static_range(len(acc[i, j])):
+                    store_element(acc[i, j], e, m0 + wm0 + i * 16, n0 + wn0 + j * 16, bias,
+                                  residual, y, M, N, HAS_BIAS, HAS_RESIDUAL)
+            else:  # the long per-lane shares of the portable lowering: a loop
+                for e in range(len(acc[i, j])):
+                    store_element(acc[i, j], e, m0 + wm0 + i * 16, n0 + wn0 + j * 16, bias,
+                                  residual, y, M, N, HAS_BIAS, HAS_RESIDUAL)
+
+
+def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
+         residual: Tensor | None = None, config: GemmConfig | None = None) -> Tensor:
+    """out[M, N] = x[M, K] @ w[N, K].T (+ bias[N]) (+ residual[M, N]; may be `out`).
+
+    w holds f16 or bf16; x any float type (split into parts of w's type unless it is w's type);
+    out any float type. K must be a multiple of 8 (rows start 16-byte aligned)."""
+    n, k = w.shape
+    m = x.size // k
+    if w.dtype not in (tt.f16, tt.bf16) or not x.dtype.is_float or x.dtype == tt.f64:
+        raise ValueError(f"gemm multiplies f32/f16/bf16 activations by f16/bf16 weights, got "
+                         f"{x.dtype} and {w.dtype}")
+    if k % CHUNK:
+        raise ValueError(f"K = {k} must be a multiple of {CHUNK}")
+    if w.offset % CHUNK:
+        raise ValueError("gemm needs W's first element 16-byte aligned")
+    dev = x.device
+    parts = 1
+    if x.dtype != w.dtype or x.offset % CHUNK:  # split (or copy to an aligned tensor) first
+        parts = PARTS.get((x.dtype.name, w.dtype.name), 1)
+        split = dev.empty((parts, m, k), w.dtype)
+        split_kernel[-(-m * k // 256), 256](x, split, m * k, w.dtype, parts)
+        x = split
+    cfg = config or default_config(dev, m)
+    grid = -(-m // cfg.bm) * -(-n // cfg.bn)
+    gemm_mma_kernel[grid, cfg.threads(dev.caps.subgroup_size)](
+        x, w, bias if bias is not None else out, residual if residual is not None else out, out,
+        m, n, k, w.dtype, parts, cfg.bm, cfg.bn, cfg.bk, cfg.wm, cfg.wn, cfg.stages, cfg.group_m,
+        bias is not None, residual is not None)
+    return out
+
+
+def default_config(dev, m: int | None = None) -> GemmConfig:
+    """The tile shape for a device (tensor cores or the portable lowering) and M rows."""
+    from tattletale.codegen import native_mma
+
+    if not native_mma(dev.caps.target, dev.caps):
+        return PORTABLE_CONFIG
+    return CUDA_SMALL_M_CONFIG if m is not None and m <= SMALL_M else CUDA_CONFIG
