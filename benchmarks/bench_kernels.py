@@ -3,7 +3,8 @@
 GEMV bandwidth counts the weight bytes as stored (quantized bytes for Q4_1/Q8_0) over the device
 time, next to the device's copy bandwidth measured in the same run (cuMemcpyDtoD on CUDA; numpy's
 f32 GEMV time-for-bytes on a CPU device) and torch's matmul on CUDA. GEMM is compared with
-torch.matmul (cuBLAS). Decode attention bandwidth counts the K and V bytes read.
+torch.matmul (cuBLAS) on the same shapes and 16-bit types, in the same process. Decode attention
+bandwidth counts the K and V bytes read.
 
     python benchmarks/bench_kernels.py [--backend cuda] [--quick]
 """
@@ -17,6 +18,7 @@ from common import device_ms, header, host_ms, pick_devices, torch_cuda
 
 import tattletale as tt
 from tattletale.kernels.attention import decode_attention
+from tattletale.kernels.gemm import gemm
 from tattletale.kernels.matmul import linear
 from tattletale.kernels.quant import Weight
 
@@ -94,24 +96,34 @@ def torch_ms(torch, fn, reps: int = 20) -> float:
 
 
 def bench_gemm(dev, rng, quick: bool) -> list[str]:
+    """x @ W.T at 4096³ on CUDA (1024³ elsewhere): 16-bit x, W and y as torch.matmul (cuBLAS) takes
+    and returns them, timed in the same process; then linear() with f32 activations and output,
+    the models' path (x split into 16-bit parts on devices with matrix units)."""
     size = 1024 if quick or dev.backend != "cuda" else 4096
-    x = dev.tensor(rng.standard_normal((size, size), dtype=np.float32))
-    out = dev.empty((size, size), tt.f32)
+    flops = 2 * size**3
+    x32 = dev.tensor(rng.standard_normal((size, size), dtype=np.float32))
+    out32 = dev.empty((size, size), tt.f32)
     rows = []
     torch = torch_cuda() if dev.backend == "cuda" else None
     for fmt in ("f16", "bf16"):
+        dt = tt.f16 if fmt == "f16" else tt.bf16
         w = random_weight(dev, size, size, fmt, rng)
-        ms = device_ms(dev, lambda w=w: linear(x, w, out=out), reps=5)
-        tflops = 2 * size**3 / ms / 1e9
+        xv = rng.standard_normal((size, size), dtype=np.float32)
+        x16 = dev.tensor(xv.astype(np.float16)) if fmt == "f16" else dev.tensor(tt.to_bf16_bits(xv), dt)
+        out16 = dev.empty((size, size), dt)
+        ms = device_ms(dev, lambda w=w: gemm(x16, w.data, out16), reps=10)
         peer = ""
         if torch is not None:
-            dt = torch.float16 if fmt == "f16" else torch.bfloat16
-            a = torch.randn(size, size, device="cuda", dtype=dt)
-            b = torch.randn(size, size, device="cuda", dtype=dt)
-            tt_ms = torch_ms(torch, lambda: a @ b.T)
-            peer = f"torch.matmul {2 * size**3 / tt_ms / 1e9:.0f} TFLOP/s → ratio {tt_ms / ms:.3f}"
-        rows.append(f"| {dev.backend} | GEMM {fmt} weights, f32 activations | {size}³ | {ms:.2f} ms | "
-                    f"{tflops:.1f} TFLOP/s | {peer} |")
+            tdt = torch.float16 if fmt == "f16" else torch.bfloat16
+            a = torch.randn(size, size, device="cuda", dtype=tdt)
+            b = torch.randn(size, size, device="cuda", dtype=tdt)
+            tms = torch_ms(torch, lambda: a @ b.T)
+            peer = f"torch.matmul {flops / tms / 1e9:.0f} TFLOP/s → ratio {tms / ms:.2f}"
+        rows.append(f"| {dev.backend} | GEMM {fmt} x, W and y ({dev.name}) | {size}³ | {ms:.3f} ms | "
+                    f"{flops / ms / 1e9:.3g} TFLOP/s | {peer} |")
+        ms = device_ms(dev, lambda w=w: linear(x32, w, out=out32), reps=5)
+        rows.append(f"| {dev.backend} | linear() {fmt} W, f32 x and y | {size}³ | {ms:.3f} ms | "
+                    f"{flops / ms / 1e9:.3g} TFLOP/s | |")
     return rows
 
 
@@ -136,6 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", nargs="*")
     ap.add_argument("--quick", action="store_true", help="smaller sweep")
+    ap.add_argument("--only", nargs="*", choices=["gemv", "attention", "gemm"], help="some sections")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(header("kernel library"))
@@ -143,9 +156,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for dev in pick_devices(args.backend):
         print(f"<!-- {dev} -->", flush=True)
-        for rows in (bench_gemv(dev, rng, args.quick), bench_attention(dev, rng, args.quick),
-                     bench_gemm(dev, rng, args.quick)):
-            print("\n".join(rows), flush=True)
+        sections = {"gemv": bench_gemv, "attention": bench_attention, "gemm": bench_gemm}
+        for name, bench in sections.items():
+            if not args.only or name in args.only:
+                print("\n".join(bench(dev, rng, args.quick)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""Tensor-core GEMM tile sweep on CUDA, against torch.matmul (cuBLAS) in the same process, to set the
+configurations in tattletale/kernels/gemm.py.
+
+Part 1: y = x @ W.T at 4096³ for each tile shape, x and W f16 or bf16, y in their type (as torch
+returns it); the relative error against an f32 product is checked for every shape.
+Part 2: the model's path, linear() with f32 activations (split into 16-bit parts) and bf16 weights,
+at N = K = 4096 for several M, next to the GEMV (M = 16) and torch's bf16 product.
+
+    python benchmarks/tune_gemm.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from bench_kernels import torch_ms
+from common import device_ms, header, torch_cuda
+
+import tattletale as tt
+from tattletale.kernels.gemm import CUDA_CONFIG, GemmConfig, gemm
+from tattletale.kernels.matmul import linear
+from tattletale.kernels.quant import Weight
+
+CONFIGS = [GemmConfig(*c) for c in [
+    (128, 128, 32, 2, 2, 4), (128, 128, 64, 2, 2, 3), (128, 256, 32, 2, 4, 3), (128, 256, 32, 2, 4, 4),
+    (128, 256, 64, 2, 4, 3), (256, 128, 32, 4, 2, 3), (128, 128, 32, 2, 4, 4), (128, 128, 32, 4, 2, 4)]]
+
+
+def to_tt(dev, torch, t, dtype):
+    """A device tensor holding a torch tensor's values (bf16 through its bits)."""
+    if dtype == tt.bf16:
+        return dev.tensor(t.cpu().view(torch.int16).numpy().view(np.uint16), tt.bf16)
+    return dev.tensor(t.cpu().numpy(), dtype)
+
+
+def rel_err(out, ref) -> float:
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def sweep(dev, torch, size: int, configs: list[GemmConfig]) -> None:
+    flops = 2 * size**3
+    print(f"\n## {size}³, x and W 16-bit, y in their type, on {dev.name}\n")
+    print("| dtype | tile BM×BN×BK, warps, stages | smem | time | TFLOP/s | torch TFLOP/s | ratio | "
+          "rel. error (f32 ref) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dt, tdt in ((tt.f16, torch.float16), (tt.bf16, torch.bfloat16)):
+        a = torch.randn(size, size, device="cuda", dtype=tdt)
+        b = torch.randn(size, size, device="cuda", dtype=tdt)
+        ref = (a.float() @ b.float().T).cpu().numpy()
+        x, w = to_tt(dev, torch, a, dt), to_tt(dev, torch, b, dt)
+        out = dev.empty((size, size), dt)
+        tms = torch_ms(torch, lambda: a @ b.T)
+        for cfg in configs:
+            ms = device_ms(dev, lambda: gemm(x, w, out, config=cfg), reps=20)
+            got = out.numpy()
+            got = tt.from_bf16_bits(got) if dt == tt.bf16 else got.astype(np.float32)
+            print(f"| {dt} | {cfg.bm}×{cfg.bn}×{cfg.bk}, {cfg.wm}×{cfg.wn}, {cfg.stages} | "
+                  f"{cfg.shared_bytes() // 1024} KB | {ms:.3f} ms | {flops / ms / 1e9:.0f} | "
+                  f"{flops / tms / 1e9:.0f} | {tms / ms:.3f} | {rel_err(got, ref):.1e} |", flush=True)
+
+
+def model_path(dev, torch, ms_list: list[int]) -> None:
+    n = k = 4096
+    print(f"\n## linear(): f32 activations, bf16 weights, N = K = {k}, on {dev.name}\n")
+    print("| M | linear() | TFLOP/s | GEMV path (M ≤ 16) | torch bf16 (16-bit x) | rel. error |")
+    print("|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    wf = rng.standard_normal((n, k), dtype=np.float32) * 0.02
+    w = Weight.from_array(dev, wf, "bf16")
+    wt = torch.from_numpy(wf).cuda().bfloat16()
+    wref = wt.float().cpu().numpy().astype(np.float64)
+    for m in ms_list:
+        xf = rng.standard_normal((m, k), dtype=np.float32)
+        x = dev.tensor(xf)
+        out = dev.empty((m, n), tt.f32)
+        ms = device_ms(dev, lambda: linear(x, w, out=out))
+        err = rel_err(out.numpy(), xf.astype(np.float64) @ wref.T)
+        gemv = ""
+        if m <= 16:
+            gemv_out = dev.empty((m, n), tt.f32)
+            gms = device_ms(dev, lambda: _gemv(x, w, gemv_out))
+            gemv = f"{gms * 1e3:.0f} µs"
+        xt = torch.from_numpy(xf).cuda().bfloat16()
+        tms = torch_ms(torch, lambda: xt @ wt.T)
+        print(f"| {m} | {ms * 1e3:.0f} µs | {2 * m * n * k / ms / 1e9:.0f} | {gemv} | "
+              f"{tms * 1e3:.0f} µs | {err:.1e} |", flush=True)
+
+
+def _gemv(x, w, out):
+    """The GEMV kernel at M ≤ 16, whatever linear() would pick."""
+    from tattletale.kernels import matmul
+
+    saved, matmul.MMA_MIN_ROWS = matmul.MMA_MIN_ROWS, 1 << 30
+    try:
+        return linear(x, w, out=out)
+    finally:
+        matmul.MMA_MIN_ROWS = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the default tile only")
+    args = ap.parse_args()
+    torch = torch_cuda()
+    if torch is None:
+        raise SystemExit("needs CUDA and torch")
+    dev = tt.device("cuda")
+    print(header(f"tensor-core GEMM sweep, {dev.name}, torch {torch.__version__}"))
+    sweep(dev, torch, 4096, [CUDA_CONFIG] if args.quick else CONFIGS)
+    model_path(dev, torch, [16, 64, 256, 1024, 4096])
+
+
+if __name__ == "__main__":
+    main()
