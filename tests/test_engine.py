@@ -80,9 +80,10 @@ def random_requests(seed: int, n: int, max_prompt: int = 200) -> list[Request]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batching_is_invisible(backend, tiny_file):
     """16 concurrent requests of different lengths, with a small token budget per step (prompts
-    are prefilled in chunks, mixed with other sequences' decode steps) give the greedy outputs
-    of the same requests run one at a time."""
-    batched = engine_on(backend, tiny_file, max_batch_tokens=64, prefix_cache=False)
+    are prefilled in chunks, long ones through the prefill kernel and short ones as decode rows,
+    mixed with other sequences' decode steps) give the greedy outputs of the same requests run
+    one at a time."""
+    batched = engine_on(backend, tiny_file, max_batch_tokens=100, prefix_cache=False)
     reqs = random_requests(1, 16)
     together = run(batched, reqs)
     assert batched.metrics().steps_total < sum(r.max_tokens for r in reqs)  # it did batch

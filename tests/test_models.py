@@ -49,14 +49,17 @@ def test_logits_and_greedy_match_hf(dev, tmp_path, arch, overrides):
     hf = tiny_model(tmp_path, arch, overrides, seed)
     ours = LlamaModel(dev, open_model(tmp_path))
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, 96, 20).tolist()
+    tokens = rng.integers(0, 96, 110).tolist()
 
     with torch.no_grad():
         ref = hf(torch.tensor([tokens])).logits[0].double().numpy()
+    # 80 tokens through the prefill kernel, 20 more as decode rows of one span (a prompt
+    # continuing a cached prefix), then 10 single decode steps
     cache = ours.new_cache(128)
-    got_prefill = ours.forward(tokens[:12], cache, all_logits=True).numpy()
-    got_steps = [ours.forward([t], cache).numpy()[0] for t in tokens[12:]]
-    got = np.concatenate([got_prefill, np.stack(got_steps)])
+    got_prefill = ours.forward(tokens[:80], cache, all_logits=True).numpy()
+    got_more = ours.forward(tokens[80:100], cache, all_logits=True).numpy()
+    got_steps = [ours.forward([t], cache).numpy()[0] for t in tokens[100:]]
+    got = np.concatenate([got_prefill, got_more, np.stack(got_steps)])
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() / scale < 2e-4
 

@@ -15,7 +15,7 @@ import tattletale as tt
 from tattletale.cache.kv import PagedKV
 from tattletale.kernels.attention import PREFILL_BQ, WORK_FIELDS, decode_plan
 from tattletale.kernels.sampling import apply_penalties, has_penalties, logprobs, sample_rows
-from tattletale.models.batch import Batch, Span
+from tattletale.models.batch import Batch, Span, table_width
 from tattletale.models.llama import LlamaModel, Workspace
 
 from .request import TokenLogprob
@@ -32,15 +32,15 @@ class ModelRunner:
         dev = model.dev
         self.model, self.kv, self.dev = model, kv, dev
         self.page_size = kv.layout.page_size
-        self.width = -(-max_context // self.page_size)  # page-table row length
         self.max_seqs = max_seqs
-        max_tokens = max(max_batch_tokens, bucket(max_seqs))
-        max_splits = decode_plan(max_context)[0]
-        self.ws = Workspace(model, max_tokens, bucket(max_seqs), bucket(max_seqs), max_splits)
-        vocab = model.cfg.vocab
         seqs = bucket(max_seqs)
+        max_tokens = max(max_batch_tokens, seqs)
+        max_splits = decode_plan(max_context)[0]
+        self.ws = Workspace(model, max_tokens, max_tokens, seqs, max_splits)
+        vocab = model.cfg.vocab
+        width = table_width(-(-max_context // self.page_size))
         work_items = max_tokens // PREFILL_BQ + seqs
-        words = 3 * max_tokens + (1 + self.width) * seqs + 7 * seqs + WORK_FIELDS * work_items + 1
+        words = 4 * max_tokens + max_tokens * width + 7 * seqs + WORK_FIELDS * work_items + 1
         self.buffer = dev.empty(words, tt.i32)
         self.probs = dev.empty((bucket(max_seqs), vocab), tt.f32)
         self.next_ids = dev.empty(bucket(max_seqs), tt.i32)
@@ -60,7 +60,7 @@ class ModelRunner:
             pad = bucket(len(spans)) - len(spans)
             scratch = [self.kv.scratch_page]
             spans = spans + [Span([0], 0, scratch) for _ in range(pad)]
-        batch = Batch(spans, self.page_size, self.width)
+        batch = Batch(spans, self.page_size)
         batch.bind(self.buffer)
         rows = batch.n_rows
         logits = self.ws.logits.view(0, (rows, self.model.cfg.vocab))

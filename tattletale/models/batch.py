@@ -45,26 +45,42 @@ _F32 = {"temperature", "top_p", "min_p"}
 _U32 = {"seed", "draw"}
 
 
+DECODE_ROWS_MAX = 64  # spans of up to this many tokens attend through the decode kernel
+
+
+def table_width(pages: int) -> int:
+    """Page-table row length for sequences of up to `pages` pages: a power of two (at least 16),
+    so that recordings of decode steps are shared by every batch of similar lengths."""
+    return max(16, 1 << (pages - 1).bit_length())
+
+
 class Batch:
     """The host array of a step's inputs and, once `bind` has uploaded it, views of its sections.
 
-    Decode spans are ordered first: decode attention takes query row b, context length b and
-    page-table row b for its sequence b. Prefill spans follow, as work items of prefill attention.
+    Attention sees two kinds of rows. Decode rows come first: one per token of the short spans
+    (at most `decode_rows_max` tokens: decode steps, and short prompt continuations after a
+    cached prefix), each with its own context length and a copy of its sequence's page-table row;
+    the decode kernel splits each row's keys over many workgroups, which a few queries over a
+    long history need. Query row b, length b and table row b belong together. The long spans
+    follow, as work items of the prefill kernel, their table rows after the decode rows.
     """
 
-    def __init__(self, spans: Sequence[Span], page_size: int, width: int):
-        decode = [s for s in spans if len(s.tokens) == 1]
-        prefill = [s for s in spans if len(s.tokens) != 1]
+    def __init__(self, spans: Sequence[Span], page_size: int,
+                 decode_rows_max: int = DECODE_ROWS_MAX):
+        decode = [s for s in spans if len(s.tokens) <= decode_rows_max]
+        prefill = [s for s in spans if len(s.tokens) > decode_rows_max]
         self.spans = decode + prefill
-        self.page_size, self.width = page_size, width
-        self.n_decode = len(decode)
-        self.n_seqs = len(self.spans)
+        self.page_size = page_size
+        self.width = table_width(max(len(s.pages) for s in spans))
+        self.n_decode = sum(len(s.tokens) for s in decode)  # decode rows
+        self.n_seqs = self.n_decode + len(prefill)  # table rows
         self.n_tokens = sum(len(s.tokens) for s in self.spans)
-        self.longest_decode = max((s.start + 1 for s in decode), default=0)
+        self.longest_decode = max((s.start + len(s.tokens) for s in decode), default=0)
         rows, spans_at, sampled = 0, [], []
-        for i, s in enumerate(self.spans):
-            if i >= self.n_decode:
-                spans_at.append((rows, len(s.tokens), s.start, i))
+        for i, s in enumerate(prefill):
+            spans_at.append((self.n_decode + sum(len(p.tokens) for p in prefill[:i]), len(s.tokens),
+                             s.start, self.n_decode + i))
+        for s in self.spans:
             n = len(s.tokens)
             if s.logits == "all":
                 sampled += [(rows + j, s) for j in range(n)]
@@ -75,17 +91,17 @@ class Batch:
         self.n_work = len(work)
         self.n_rows = len(sampled)
         self.sampled = [s for _, s in sampled]  # the span of each logit row
-        self.signature = (self.n_tokens, self.n_seqs, self.n_work, self.n_rows)
+        self.signature = (self.n_tokens, self.n_seqs, self.n_work, self.n_rows, self.width)
 
         sizes = {**{k: self.n_tokens for k in _PER_TOKEN}, **{k: self.n_seqs for k in _PER_SEQ},
                  **{k: self.n_rows for k in _PER_ROW}, "work": self.n_work * WORK_FIELDS,
-                 "tables": self.n_seqs * width}
+                 "tables": self.n_seqs * self.width}
         self.offsets, at = {}, 0
         for name, n in sizes.items():
             self.offsets[name] = (at, n)
             at += n
         self.host = np.zeros(at, np.int32)
-        self._fill(sampled, work)
+        self._fill(sampled, work, len(decode))
         self.views: dict[str, Tensor] = {}
 
     def _section(self, name: str) -> np.ndarray:
@@ -93,11 +109,12 @@ class Batch:
         out = self.host[at:at + n]
         return out.view(np.float32) if name in _F32 else out.view(np.uint32) if name in _U32 else out
 
-    def _fill(self, sampled: list[tuple[int, Span]], work: np.ndarray) -> None:
+    def _fill(self, sampled: list[tuple[int, Span]], work: np.ndarray, n_short: int) -> None:
         ps = self.page_size
         tokens, positions, slots = (self._section(k) for k in _PER_TOKEN)
-        tables = self._section("tables").reshape(self.n_seqs, self.width) if self.n_seqs else None
-        i = 0
+        tables = self._section("tables").reshape(self.n_seqs, self.width)
+        lengths = self._section("lengths")
+        i = 0  # token (= query row) of the batch
         for b, s in enumerate(self.spans):
             n = len(s.tokens)
             pos = np.arange(s.start, s.start + n)
@@ -105,9 +122,14 @@ class Batch:
             tokens[i:i + n] = s.tokens
             positions[i:i + n] = pos
             slots[i:i + n] = pages[pos // ps] * ps + pos % ps
-            tables[b, :len(pages)] = pages
+            if b < n_short:  # a decode row per token: its own length, its sequence's table
+                tables[i:i + n, :len(pages)] = pages
+                lengths[i:i + n] = pos + 1
+            else:
+                row = self.n_decode + b - n_short
+                tables[row, :len(pages)] = pages
+                lengths[row] = s.start + n
             i += n
-        self._section("lengths")[:] = [s.start + len(s.tokens) for s in self.spans]
         self._section("work")[:] = work.reshape(-1)
         self._section("logit_rows")[:] = [r for r, _ in sampled]
         for name in ("temperature", "top_k", "top_p", "min_p"):

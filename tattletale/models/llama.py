@@ -223,8 +223,8 @@ class LlamaModel:
             raise ValueError(f"context overflow: {start + n} tokens > {cache.max_len}")
         cache.kv.copy_pages(cache.table.append(n))
         batch = Batch([Span(list(tokens), start, cache.table.pages, "all" if all_logits else "last")],
-                      cache.kv.layout.page_size, len(cache.table))
-        ws = Workspace(self, n, 1, batch.n_rows, decode_plan(start + n)[0])
+                      cache.kv.layout.page_size)
+        ws = Workspace(self, n, n, batch.n_rows, decode_plan(start + n)[0])
         buffer = self.dev.empty(batch.host.size + 1, tt.i32)
         batch.bind(buffer)
         self.run(ws, cache.kv, batch)
@@ -302,11 +302,11 @@ class SequenceCache:
 
 
 class Workspace:
-    """Every activation of a forward pass over up to `max_tokens` tokens of `max_seqs` sequences
-    with `max_rows` logit rows, allocated up front: a step then allocates nothing, and recorded
-    launches keep pointing at live memory. Each step uses views of the leading rows."""
+    """Every activation of a forward pass over up to `max_tokens` tokens (`max_decode` of them
+    decode-attention rows) with `max_rows` logit rows, allocated up front: a step then allocates
+    nothing, and recorded launches keep pointing at live memory. Steps use the leading rows."""
 
-    def __init__(self, model: LlamaModel, max_tokens: int, max_seqs: int, max_rows: int,
+    def __init__(self, model: LlamaModel, max_tokens: int, max_decode: int, max_rows: int,
                  max_splits: int):
         cfg, dev = model.cfg, model.dev
         hd, n = cfg.head_dim, max_tokens
@@ -320,5 +320,5 @@ class Workspace:
         self.picked = dev.empty((rows, cfg.hidden), tt.f32)
         self.normed = dev.empty((rows, cfg.hidden), tt.f32)
         self.logits = dev.empty((rows, cfg.vocab), tt.f32)
-        partial_rows = max_seqs * cfg.n_heads * max(max_splits, 1)
+        partial_rows = max_decode * cfg.n_heads * max(max_splits, 1)
         self.partials = (dev.empty((partial_rows, hd), tt.f32), dev.empty((partial_rows, 2), tt.f32))
