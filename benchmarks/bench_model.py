@@ -17,7 +17,7 @@ import os
 import time
 
 import numpy as np
-from common import header, pick_devices, torch_cuda
+from common import avoid_llama_cpp_extra_bufts, header, pick_devices, torch_cuda
 
 import tattletale as tt
 from tattletale.engine.core import Engine
@@ -98,19 +98,10 @@ def bench_cpu(backends, n_tokens: int) -> None:
 
 
 def llama_cpp_model(path: str, threads: int):
-    """llama-cpp-python's Llama with `use_extra_bufts = False`: its extra CPU buffer types (the
-    AMX path) crash on these CPUs, and this version exposes the switch only in the C params."""
+    """llama-cpp-python's Llama, loaded without its AMX buffer types (see common.py)."""
     import llama_cpp
-    import llama_cpp.llama
 
-    default = llama_cpp.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama.llama_cpp.llama_model_default_params = params
+    avoid_llama_cpp_extra_bufts()
     return llama_cpp.Llama(model_path=path, n_threads=threads, n_ctx=512, verbose=False)
 
 

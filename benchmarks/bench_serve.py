@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 from common import header
@@ -34,14 +35,12 @@ WORDS = ("time person year way day thing man world life hand part child eye woma
          "case point government company number group problem fact river mountain window garden "
          "music story idea city light water house paper table market letter science").split()
 
-LLAMA_CPP_LAUNCHER = """
-import sys, runpy, llama_cpp, llama_cpp.llama
-default = llama_cpp.llama_model_default_params
-def params():
-    p = default()
-    p.use_extra_bufts = False
-    return p
-llama_cpp.llama.llama_cpp.llama_model_default_params = params
+# llama-cpp-python's server, started without its AMX buffer types (see common.py)
+LLAMA_CPP_LAUNCHER = f"""
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from common import avoid_llama_cpp_extra_bufts
+avoid_llama_cpp_extra_bufts()
 sys.argv = ["llama_cpp.server"] + sys.argv[1:]
 runpy.run_module("llama_cpp.server", run_name="__main__")
 """

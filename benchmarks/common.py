@@ -61,3 +61,20 @@ def torch_cuda():
     except ImportError:
         return None
     return torch if torch.cuda.is_available() else None
+
+
+def avoid_llama_cpp_extra_bufts() -> None:
+    """Make llama-cpp-python load models with `use_extra_bufts = False`: its extra CPU buffer
+    types (the AMX path) crash with SIGILL on these CPUs, and this version exposes the switch
+    only in the C parameters."""
+    import llama_cpp
+    import llama_cpp.llama
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params

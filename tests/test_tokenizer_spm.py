@@ -30,6 +30,7 @@ import random
 from pathlib import Path
 
 import pytest
+from test_tokenizer import CORPUS as SHARED_CORPUS
 
 from tattletale.models import ModelFileError, UnsupportedModel, open_model
 from tattletale.models.tokenizer import render_chat
@@ -75,36 +76,8 @@ TRAIN = [
     " The capital of France is Paris.",
 ]
 
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Don't panic! It's fine, we'll see; they'd agree, I'm sure. IT'S LOUD, YOU'VE SEEN IT.",
-    "Hello,world!...  What?!?  (parenthesized) [bracketed] {braced} — em-dash – en-dash …",
-    "Ça va? Naïve café, Größe, smørrebrød, Ångström, Łódź, Dvořák, İstanbul, ﬁnancial ﬂow.",
-    "e\u0301 (e + combining acute) vs \u00e9; A\u030a vs \u00c5; Z\u0335\u0341a\u0336l\u0337g\u0338o",
-    "Ελληνικά: Καλημέρα κόσμε. Русский: Привет, мир! Ёлка. Українська: Ґанок, їжак.",
-    "日本語のテキスト、カタカナとひらがな。東京は日本の首都です。",
-    "中文文本：你好，世界！这是一个测试。繁體中文：電腦與網絡。",
-    "한국어 텍스트: 안녕하세요, 세계! 서울은 한국의 수도입니다.",
-    "ภาษาไทย: สวัสดีชาวโลก ยินดีต้อนรับ",
-    "العربية: مرحبا بالعالم! هذه جملة للاختبار، مع أرقام ١٢٣٤٥٦٧٨٩٠ وعلامات.",
-    "עברית: שלום עולם! זה מבחן.",
-    "हिन्दी: नमस्ते दुनिया! यह एक परीक्षण है। संख्या: ०१२३४५६७८९",
-    "বাংলা: হ্যালো বিশ্ব। தமிழ்: வணக்கம் உலகம். తెలుగు: హలో ప్రపంచం.",
-    "Emoji: 😀😃😄 👍🏽👍🏿 👋🏻 family 👨‍👩‍👧‍👦 couple 👩‍❤️‍👨 rainbow 🏳️‍🌈 pirate 🏴‍☠️",
-    "Flags 🇫🇷🇯🇵🇺🇸🇧🇷 keycaps 1️⃣2️⃣#️⃣ hearts ❤️🧡💛 ☺︎ vs ☺️ — 🧑‍💻 🧑🏾‍🚀 🐻‍❄️",
-    "Numbers: 0 1 12 123 1234 12345678901234567890 3.14159265 1,000,000 1e-9 0x1F 2⁸ ½ ² Ⅻ ٣",
-    "x =    1\ny =\t\t2\nz  =  3   4    5",
-    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    "for (int i = 0; i < n; ++i) {\n\tsum += a[i] * b[i];\t// dot\n}\n",
-    '{"key": [1, 2.5, null, true], "nested": {"a": "b\\n"}}',
-    "<html><body class=\"x\">&amp; &lt;tag&gt;</body></html>  https://example.com/a?b=1&c=2#frag",
-    "   leading spaces and trailing spaces   ",
-    "tabs\tand\t\ttabs\t\t\tend\t",
-    "lines\n\nand\r\nCRLF\r\n\r\nand\n\n\n\nmany newlines\n",
-    "multiple     spaces      between        words",
-    "\n", "\t", " ", "  ", "\r\n", "     \n     \n", "",
-    "no-break\u00a0space, em\u2003space, ideographic\u3000space, zero\u200bwidth, line\u2028sep",
-    "control chars: \x00\x01\x07\x1b[0m\x7f",
+# the byte-level tokenizer's corpus, less its ChatML special tokens, plus SentencePiece's own marks
+CORPUS = [t for t in SHARED_CORPUS if "<|" not in t] + [
     "▁ the space marker itself ▁▁ and <0x41> spelled out",
 ]
 
