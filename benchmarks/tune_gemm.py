@@ -3,10 +3,14 @@ configurations in tattletale/kernels/gemm.py.
 
 Part 1: y = x @ W.T at 4096³ for each tile shape, x and W f16 or bf16, y in their type (as torch
 returns it); the relative error against an f32 product is checked for every shape.
-Part 2: the model's path, linear() with f32 activations (split into 16-bit parts) and bf16 weights,
-at N = K = 4096 for several M, next to the GEMV (M = 16) and torch's bf16 product.
+Part 2: small M (batched decode), f32 activations and bf16 weights at N = K = 4096: small tile shapes
+× split-K counts, to set CUDA_SMALL_M_CONFIG and the split heuristic.
+Part 3: the model's path, linear() with f32 activations (split into 16-bit parts) and bf16 weights,
+for the decode shapes (4096², gate|up 28672×4096, down 4096×14336) at M = 1 … 64 and larger M,
+through the tensor cores and through the GEMV (M ≤ 16), next to torch's bf16 product: sets
+MMA_MIN_ROWS and MAX_GEMV_ROWS in tattletale/kernels/matmul.py.
 
-    python benchmarks/tune_gemm.py [--quick]
+    python benchmarks/tune_gemm.py [--quick] [--small-only]
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from bench_kernels import torch_ms
 from common import device_ms, header, torch_cuda
 
 import tattletale as tt
-from tattletale.kernels.gemm import CUDA_CONFIG, GemmConfig, gemm
+from tattletale.kernels.gemm import CUDA_CONFIG, CUDA_SMALL_M_CONFIG, SMALL_M, GemmConfig, gemm
 from tattletale.kernels.matmul import linear
 from tattletale.kernels.quant import Weight
 
 CONFIGS = [GemmConfig(*c) for c in [
     (128, 128, 32, 2, 2, 4), (128, 128, 64, 2, 2, 3), (128, 256, 32, 2, 4, 3), (128, 256, 32, 2, 4, 4),
     (128, 256, 64, 2, 4, 3), (256, 128, 32, 4, 2, 3), (128, 128, 32, 2, 4, 4), (128, 128, 32, 4, 2, 4)]]
+SMALL_TILES = [(16, 64, 64, 1, 2, 4), (16, 128, 64, 1, 4, 4), (32, 64, 64, 1, 2, 4), (32, 128, 64, 1, 4, 3),
+               (64, 64, 64, 2, 2, 4)]
+SPLITS = [1, 2, 4, 8, 16, 0]
+# the decode shapes of a Llama-8B layer: N × K
+SHAPES = [(4096, 4096), (28672, 4096), (4096, 14336)]
 
 
 def to_tt(dev, torch, t, dtype):
@@ -60,55 +69,99 @@ def sweep(dev, torch, size: int, configs: list[GemmConfig]) -> None:
                   f"{flops / tms / 1e9:.0f} | {tms / ms:.3f} | {rel_err(got, ref):.1e} |", flush=True)
 
 
-def model_path(dev, torch, ms_list: list[int]) -> None:
+def small_m(dev, torch, ms_list: list[int]) -> None:
     n = k = 4096
-    print(f"\n## linear(): f32 activations, bf16 weights, N = K = {k}, on {dev.name}\n")
-    print("| M | linear() | TFLOP/s | GEMV path (M ≤ 16) | torch bf16 (16-bit x) | rel. error |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n## small M: f32 x (3 bf16 parts), bf16 W, N = K = {k}, y f32, on {dev.name}\n")
+    print("| M | tile BM×BN×BK, warps, stages | W once per step | " + " | ".join(
+        f"splits {s or 'auto'}" for s in SPLITS) + " | torch bf16 |")
+    print("|---|---|---|" + "---|" * (len(SPLITS) + 1))
     rng = np.random.default_rng(0)
     wf = rng.standard_normal((n, k), dtype=np.float32) * 0.02
-    w = Weight.from_array(dev, wf, "bf16")
     wt = torch.from_numpy(wf).cuda().bfloat16()
+    w = to_tt(dev, torch, wt, tt.bf16)
     wref = wt.float().cpu().numpy().astype(np.float64)
     for m in ms_list:
         xf = rng.standard_normal((m, k), dtype=np.float32)
         x = dev.tensor(xf)
         out = dev.empty((m, n), tt.f32)
-        ms = device_ms(dev, lambda: linear(x, w, out=out))
-        err = rel_err(out.numpy(), xf.astype(np.float64) @ wref.T)
-        gemv = ""
-        if m <= 16:
-            gemv_out = dev.empty((m, n), tt.f32)
-            gms = device_ms(dev, lambda: _gemv(x, w, gemv_out))
-            gemv = f"{gms * 1e3:.0f} µs"
+        ref = xf.astype(np.float64) @ wref.T
         xt = torch.from_numpy(xf).cuda().bfloat16()
         tms = torch_ms(torch, lambda: xt @ wt.T)
-        print(f"| {m} | {ms * 1e3:.0f} µs | {2 * m * n * k / ms / 1e9:.0f} | {gemv} | "
-              f"{tms * 1e3:.0f} µs | {err:.1e} |", flush=True)
+        for tile in SMALL_TILES:
+            for fuse in (True, False):
+                cells = []
+                for sp in SPLITS:
+                    cfg = GemmConfig(*tile, fuse_parts=fuse, splits=sp)
+                    ms = device_ms(dev, lambda: gemm(x, w, out, config=cfg))
+                    err = rel_err(out.numpy(), ref)
+                    cells.append(f"{ms * 1e3:.0f} µs" + (f" (err {err:.0e})" if err > 1e-6 else ""))
+                print(f"| {m} | {tile[0]}×{tile[1]}×{tile[2]}, {tile[3]}×{tile[4]}, {tile[5]} | {fuse} | "
+                      + " | ".join(cells) + f" | {tms * 1e3:.0f} µs |", flush=True)
+
+
+def model_path(dev, torch, ms_list: list[int]) -> None:
+    print(f"\n## linear(): f32 activations, bf16 weights, on {dev.name}\n")
+    print("| N × K | M | linear() | tensor cores (other tiles) | GEMV (M ≤ 16) | torch bf16 (16-bit x) | "
+          "ratio | rel. error |")
+    print("|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for n, k in SHAPES:
+        wf = rng.standard_normal((n, k), dtype=np.float32) * 0.02
+        w = Weight.from_array(dev, wf, "bf16")
+        wt = torch.from_numpy(wf).cuda().bfloat16()
+        wref = wt.float().cpu().numpy().astype(np.float64)
+        for m in ms_list:
+            xf = rng.standard_normal((m, k), dtype=np.float32)
+            x = dev.tensor(xf)
+            out = dev.empty((m, n), tt.f32)
+            ms = device_ms(dev, lambda: linear(x, w, out=out))
+            err = rel_err(out.numpy(), xf.astype(np.float64) @ wref.T)
+            mma = gemv = ""
+            if m <= 256:
+                mma_out = dev.empty((m, n), tt.f32)
+                mma = f"{device_ms(dev, lambda: gemm(x, w.data, mma_out)) * 1e3:.1f} µs"
+                if m >= 64:  # the other tile shape, to set SMALL_M
+                    other = CUDA_CONFIG if m <= SMALL_M else CUDA_SMALL_M_CONFIG
+                    ms_other = device_ms(dev, lambda: gemm(x, w.data, mma_out, config=other))
+                    mma += f" ({other.bm}×{other.bn}: {ms_other * 1e3:.1f} µs)"
+            if m <= 16:
+                gemv_out = dev.empty((m, n), tt.f32)
+                gemv = f"{device_ms(dev, lambda: _gemv(x, w, gemv_out)) * 1e3:.1f} µs"
+            xt = torch.from_numpy(xf).cuda().bfloat16()
+            tms = torch_ms(torch, lambda: xt @ wt.T)
+            print(f"| {n}×{k} | {m} | {ms * 1e3:.1f} µs | {mma} | {gemv} | {tms * 1e3:.1f} µs | "
+                  f"{tms / ms:.2f} | {err:.1e} |", flush=True)
 
 
 def _gemv(x, w, out):
     """The GEMV kernel at M ≤ 16, whatever linear() would pick."""
     from tattletale.kernels import matmul
 
-    saved, matmul.MMA_MIN_ROWS = matmul.MMA_MIN_ROWS, 1 << 30
+    saved = matmul.MMA_MIN_ROWS, matmul.MAX_GEMV_ROWS
+    matmul.MMA_MIN_ROWS, matmul.MAX_GEMV_ROWS = 1 << 30, 16
     try:
         return linear(x, w, out=out)
     finally:
-        matmul.MMA_MIN_ROWS = saved
+        matmul.MMA_MIN_ROWS, matmul.MAX_GEMV_ROWS = saved
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the default tile only")
+    ap.add_argument("--quick", action="store_true", help="the default tiles only")
+    ap.add_argument("--small-only", action="store_true", help="parts 2 and 3 alone")
     args = ap.parse_args()
     torch = torch_cuda()
     if torch is None:
         raise SystemExit("needs CUDA and torch")
     dev = tt.device("cuda")
     print(header(f"tensor-core GEMM sweep, {dev.name}, torch {torch.__version__}"))
-    sweep(dev, torch, 4096, [CUDA_CONFIG] if args.quick else CONFIGS)
-    model_path(dev, torch, [16, 64, 256, 1024, 4096])
+    if not args.small_only:
+        sweep(dev, torch, 4096, [CUDA_CONFIG] if args.quick else CONFIGS)
+    if not args.quick:
+        small_m(dev, torch, [16, 32, 64])
+    else:
+        print(f"\nsmall-M default: {CUDA_SMALL_M_CONFIG}")
+    model_path(dev, torch, [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
 
 
 if __name__ == "__main__":

@@ -183,6 +183,30 @@ def test_gemm_activations_split_into_parts(dev, rng, xt, dt):
         close(read(out), ref, scale, 1e-5 if out_t == tt.f32 else 2e-3)
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["residual", "in-place"])
+@pytest.mark.parametrize("splits", [1, 3, 0])
+def test_gemm_split_k_fused_parts(dev, rng, splits, in_place):
+    """Split-K with all f32 parts per K step: partial tiles add up into y; the bias is added once,
+    the residual (a separate tensor, or y itself) once. Splits that get no K steps (7 steps over 3
+    splits: 3, 3, 1; 0: the automatic count) still count."""
+    m, n, k = 21, 70, 7 * 32 - 8
+    x = rng.standard_normal((m, k)).astype(np.float32).astype(np.float64)
+    w = round_to(rng.standard_normal((n, k)), tt.bf16).astype(np.float64)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    sg = dev.caps.subgroup_size
+    cfg = GemmConfig(16 if sg >= 32 else 32, 32, 32, 1, 2, 3, fuse_parts=True, splits=splits)
+    if in_place:
+        out = dev.tensor(res)
+        residual = out
+    else:
+        out = poisoned(dev, (m, n), tt.f32)
+        residual = dev.tensor(res)
+    gemm(upload(dev, x, tt.f32), upload(dev, w, tt.bf16), out, bias=dev.tensor(bias),
+         residual=residual, config=cfg)
+    close(read(out), x @ w.T + bias + res, np.abs(x) @ np.abs(w).T + np.abs(bias) + np.abs(res))
+
+
 @tt.kernel
 def misuse(a: tt.Buffer[tt.f16], c: tt.Buffer[tt.f32], WHAT: tt.constexpr):
     s = tt.shared((16, 24), tt.f16)

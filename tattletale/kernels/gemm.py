@@ -13,9 +13,15 @@ tiles a group streams are reused from L2 by its rows.
 
 Activations of another type than W (f32, say) are first split into PARTS matrices of W's type
 whose sum is x (x = hi + lo, the rounding residue of each part exact in f32): two parts carry
-f16's 22 bits, three bf16's 24. The kernel multiplies the stacked parts [x0 | x1 | …] by
-[W | W | …] along K, so the tensor cores' exact products and f32 sums give f32 accuracy at PARTS
-times the matrix work; activations already in W's type take one pass.
+f16's 22 bits, three bf16's 24. Each K step multiplies XP parts' x tiles by one W tile, all into
+the same accumulators, so the tensor cores' exact products and f32 sums give f32 accuracy at PARTS
+times the matrix work; PARTS // XP passes over K. XP = PARTS reads W once (small M: W's traffic is
+the time); XP = 1 keeps the shared tiles small for the large, compute-bound tiles.
+
+Split-K (small M): with few tile rows there are too few workgroups to keep every multiprocessor
+streaming W, so SPLITS workgroups share each tile, each taking a contiguous range of K steps, and
+add their partial tiles into an f32 y with atomics; y first gets the residual (or zeros), and
+the bias comes with the first split's partials.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ PARTS = {("f32", "f16"): 2, ("f32", "bf16"): 3, ("f16", "bf16"): 2, ("bf16", "f1
 @dataclass(frozen=True)
 class GemmConfig:
     """Tile shape: BM × BN outputs per workgroup, WM × WN subgroups, K in steps of BK through
-    STAGES shared buffers."""
+    STAGES shared buffers; all activation parts per K step or one (fuse_parts); `splits`
+    workgroups per tile along K (0: enough for `waves` workgroups per multiprocessor, see
+    `split_count`)."""
 
     bm: int
     bn: int
@@ -44,22 +52,31 @@ class GemmConfig:
     wn: int
     stages: int
     group_m: int = 8
+    fuse_parts: bool = False
+    splits: int = 1
+    waves: int = 1
 
     def threads(self, subgroup_size: int) -> int:
         return self.wm * self.wn * subgroup_size
 
-    def shared_bytes(self) -> int:
-        return self.stages * (self.bm + self.bn) * (self.bk + PAD) * 2
+    def shared_bytes(self, parts: int = 1) -> int:
+        xp = parts if self.fuse_parts else 1
+        return self.stages * (self.bm * xp + self.bn) * (self.bk + PAD) * 2
 
 
-# Tensor cores (32-lane subgroups): 64×64 per subgroup; smaller tiles where few rows would leave
-# most multiprocessors idle.
-CUDA_CONFIG = GemmConfig(128, 128, 64, 2, 2, 3)
-CUDA_SMALL_M_CONFIG = GemmConfig(32, 64, 64, 1, 2, 4)
-SMALL_M = 64
+# Tensor cores (32-lane subgroups): 64×64 per subgroup, split along K while there are fewer tiles
+# than multiprocessors; up to SMALL_M rows, small tiles that read W once for all activation parts,
+# split until each multiprocessor has four (benchmarks/tune_gemm.py on an H200: 2.2× faster than
+# one pass per part unsplit at M = 16–32, and 1.1–1.3× the split 128×128 tiles at M = 64–256).
+CUDA_CONFIG = GemmConfig(128, 128, 64, 2, 2, 3, splits=0)
+CUDA_SMALL_M_CONFIG = GemmConfig(32, 128, 64, 1, 4, 3, fuse_parts=True, splits=0, waves=4)
+SMALL_M = 256
 # The portable lowering (CPU OpenCL, lavapipe, WebGPU): small tiles, under 32 KB of shared memory
 # even where 16-bit shared elements take 32 bits (WGSL).
 PORTABLE_CONFIG = GemmConfig(32, 32, 32, 2, 2, 2)
+# Split-K: the fewest K steps a split may take (its pipeline prologue and the atomics of its
+# partial tile must stay small next to its streaming).
+MIN_SPLIT_STEPS = 8
 
 
 @tt.func
@@ -79,31 +96,42 @@ def load_tile(src, dst, row0, rows, k0, K, stage, tid, BR: tt.constexpr, BK: tt.
 
 @tt.func
 def load_step(x, w, xs, ws, s, stage, steps_k, m0, n0, M, N, K, tid, BM: tt.constexpr,
-              BN: tt.constexpr, BK: tt.constexpr, THREADS: tt.constexpr, PARTS: tt.constexpr):
-    """Start the copies of step s's tiles of x (part s // steps_k) and w into `stage`."""
+              BN: tt.constexpr, BK: tt.constexpr, THREADS: tt.constexpr, PASSES: tt.constexpr,
+              XP: tt.constexpr):
+    """Start the copies of step s's tiles into `stage`: parts (s // steps_k) · XP … + XP-1 of x
+    (x shared rows: XP tiles per stage) and w."""
     k0 = s * BK
     part0 = 0
-    if PARTS > 1:
+    if PASSES > 1:
         k0 = s % steps_k * BK
-        part0 = s // steps_k * M
-    load_tile(x, xs, part0 + m0, part0 + M, k0, K, stage, tid, BM, BK, THREADS)
+        part0 = s // steps_k * XP
+    for p in tt.static_range(XP):
+        load_tile(x, xs, (part0 + p) * M + m0, (part0 + p + 1) * M, k0, K, stage * XP + p, tid, BM,
+                  BK, THREADS)
     load_tile(w, ws, n0, N, k0, K, stage, tid, BN, BK, THREADS)
 
 
 @tt.func
-def store_element(acc, e, row0, col0, bias, residual, y, M, N, HAS_BIAS: tt.constexpr,
-                  HAS_RESIDUAL: tt.constexpr):
-    """y = element e of the accumulator tile at (row0, col0) (+ bias) (+ residual), inside M × N."""
+def store_element(acc, e, row0, col0, bias, residual, y, M, N, first, HAS_BIAS: tt.constexpr,
+                  HAS_RESIDUAL: tt.constexpr, SPLIT: tt.constexpr):
+    """y = element e of the accumulator tile at (row0, col0) (+ bias) (+ residual), inside M × N;
+    split along K: y += it (+ bias in the first split), the residual being in y already."""
     r, c = tt.mma_coord(e)
     m = row0 + r
     n = col0 + c
     if m < M and n < N:
         v = acc[e]
-        if HAS_BIAS:
-            v += bias[n]
-        if HAS_RESIDUAL:
-            v += residual[m * N + n]
-        y[m * N + n] = v
+        if SPLIT:
+            if HAS_BIAS:
+                if first:
+                    v += bias[n]
+            tt.atomic_add(y, m * N + n, v)
+        else:
+            if HAS_BIAS:
+                v += bias[n]
+            if HAS_RESIDUAL:
+                v += residual[m * N + n]
+            y[m * N + n] = v
 
 
 @tt.kernel
@@ -119,19 +147,30 @@ def split_kernel(x: tt.Buffer, parts: tt.Buffer, n: tt.i32, DT: tt.constexpr, PA
 
 
 @tt.kernel
+def init_kernel(y: tt.Buffer[tt.f32], residual: tt.Buffer, n: tt.i32, HAS_RESIDUAL: tt.constexpr):
+    """y = residual (or 0): the base split-K's partial tiles are added to."""
+    i = tt.global_id(0)
+    if i < n:
+        y[i] = tt.f32(residual[i]) if HAS_RESIDUAL else 0.0
+
+
+@tt.kernel
 def gemm_mma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer,
-                    M: tt.i32, N: tt.i32, K: tt.i32, DT: tt.constexpr, PARTS: tt.constexpr,
-                    BM: tt.constexpr, BN: tt.constexpr, BK: tt.constexpr, WM: tt.constexpr,
-                    WN: tt.constexpr, STAGES: tt.constexpr, GROUP_M: tt.constexpr,
-                    HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
+                    M: tt.i32, N: tt.i32, K: tt.i32, splits: tt.i32, DT: tt.constexpr,
+                    PARTS: tt.constexpr, XP: tt.constexpr, BM: tt.constexpr, BN: tt.constexpr,
+                    BK: tt.constexpr, WM: tt.constexpr, WN: tt.constexpr, STAGES: tt.constexpr,
+                    GROUP_M: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr,
+                    SPLIT: tt.constexpr):
     """y[M, N] = Σ_p x[p] @ w.T (+ bias[N]) (+ residual[M, N]) for x [PARTS, M, K] and w [N, K]
-    of DT (f16/bf16), y any float type. One-dimensional workgroups of WM · WN subgroups."""
+    of DT (f16/bf16), y any float type (f32 with SPLIT: `splits` workgroups per tile add into y).
+    One-dimensional workgroups of WM · WN subgroups."""
     THREADS = WM * WN * tt.subgroup_size()
     FM = BM // WM // 16  # fragments per subgroup along M and N
     FN = BN // WN // 16
-    tt.static_assert(BM % (WM * 16) == 0 and BN % (WN * 16) == 0 and BK % 16 == 0 and STAGES >= 2,
-                     "tile shape")
-    xs = tt.shared((STAGES * BM, BK + PAD), DT)
+    PASSES = PARTS // XP
+    tt.static_assert(BM % (WM * 16) == 0 and BN % (WN * 16) == 0 and BK % 16 == 0 and STAGES >= 2
+                     and PARTS % XP == 0, "tile shape")
+    xs = tt.shared((STAGES * XP * BM, BK + PAD), DT)
     ws = tt.shared((STAGES * BN, BK + PAD), DT)
     acc = tt.array((FM, FN), tt.fragment("acc"))
     af = tt.array((FM,), tt.fragment("a", DT))
@@ -144,6 +183,10 @@ def gemm_mma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Bu
     tiles_m = (M + BM - 1) // BM
     tiles_n = (N + BN - 1) // BN
     pid = tt.group_id(0)
+    ks = 0
+    if SPLIT:
+        ks = pid % splits
+        pid = pid // splits
     per_group = GROUP_M * tiles_n
     first = pid // per_group * GROUP_M
     rows_in_group = min(tiles_m - first, GROUP_M)
@@ -154,39 +197,56 @@ def gemm_mma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Bu
         for j in tt.static_range(FN):
             acc[i, j] = tt.mma_zeros()
     steps_k = (K + BK - 1) // BK
-    steps = PARTS * steps_k  # step s: part s // steps_k, K from (s % steps_k) * BK
+    # step s: parts (s // steps_k) · XP …, K from (s % steps_k) · BK; this split's are s0 … s0+steps-1
+    steps = PASSES * steps_k
+    s0 = 0
+    if SPLIT:
+        per_split = (steps + splits - 1) // splits
+        s0 = ks * per_split
+        steps = max(min(steps - s0, per_split), 0)
     for s in tt.static_range(STAGES - 1):
         if s < steps:
-            load_step(x, w, xs, ws, s, s, steps_k, m0, n0, M, N, K, tid, BM, BN, BK, THREADS, PARTS)
+            load_step(x, w, xs, ws, s0 + s, s, steps_k, m0, n0, M, N, K, tid, BM, BN, BK, THREADS,
+                      PASSES, XP)
         tt.async_commit()
     for step in range(steps):
         tt.async_wait(STAGES - 2)  # this thread's copies of `step` have landed
         tt.barrier()  # everyone's have; and everyone is done with the buffer refilled next
         ahead = step + STAGES - 1
         if ahead < steps:
-            load_step(x, w, xs, ws, ahead, ahead % STAGES, steps_k, m0, n0, M, N, K, tid, BM, BN,
-                      BK, THREADS, PARTS)
+            load_step(x, w, xs, ws, s0 + ahead, ahead % STAGES, steps_k, m0, n0, M, N, K, tid, BM,
+                      BN, BK, THREADS, PASSES, XP)
         tt.async_commit()
         st = step % STAGES
         for kk in tt.static_range(0, BK, 16):
-            for i in tt.static_range(FM):
-                af[i] = tt.mma_load_a(xs, st * BM + wm0 + i * 16, kk)
             for j in tt.static_range(FN):
                 bf[j] = tt.mma_load_bt(ws, st * BN + wn0 + j * 16, kk)
-            for i in tt.static_range(FM):
-                for j in tt.static_range(FN):
-                    acc[i, j] = tt.mma(af[i], bf[j], acc[i, j])
+            for p in tt.static_range(XP):
+                for i in tt.static_range(FM):
+                    af[i] = tt.mma_load_a(xs, (st * XP + p) * BM + wm0 + i * 16, kk)
+                for i in tt.static_range(FM):
+                    for j in tt.static_range(FN):
+                        acc[i, j] = tt.mma(af[i], bf[j], acc[i, j])
 
     for i in tt.static_range(FM):
         for j in tt.static_range(FN):
             if len(acc[i, j]) <= 8:  # registers (tensor cores): unrolled, constant indices
                 for e in tt.static_range(len(acc[i, j])):
                     store_element(acc[i, j], e, m0 + wm0 + i * 16, n0 + wn0 + j * 16, bias,
-                                  residual, y, M, N, HAS_BIAS, HAS_RESIDUAL)
+                                  residual, y, M, N, ks == 0, HAS_BIAS, HAS_RESIDUAL, SPLIT)
             else:  # the long per-lane shares of the portable lowering: a loop
                 for e in range(len(acc[i, j])):
                     store_element(acc[i, j], e, m0 + wm0 + i * 16, n0 + wn0 + j * 16, bias,
-                                  residual, y, M, N, HAS_BIAS, HAS_RESIDUAL)
+                                  residual, y, M, N, ks == 0, HAS_BIAS, HAS_RESIDUAL, SPLIT)
+
+
+def split_count(cfg: GemmConfig, tiles: int, steps: int, units: int) -> int:
+    """Workgroups per tile along K: the configured count, or (0) as many as keep all tiles within
+    cfg.waves workgroups per multiprocessor (no partial last wave), each over at least
+    MIN_SPLIT_STEPS of the `steps` K steps."""
+    if cfg.splits:
+        return max(1, min(cfg.splits, steps))
+    return max(1, min(cfg.waves * units // tiles, steps // MIN_SPLIT_STEPS))
 
 
 def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
@@ -194,7 +254,8 @@ def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
     """out[M, N] = x[M, K] @ w[N, K].T (+ bias[N]) (+ residual[M, N]; may be `out`).
 
     w holds f16 or bf16; x any float type (split into parts of w's type unless it is w's type);
-    out any float type. K must be a multiple of 8 (rows start 16-byte aligned)."""
+    out any float type (split-K only into f32). K must be a multiple of 8 (rows start 16-byte
+    aligned)."""
     n, k = w.shape
     m = x.size // k
     if w.dtype not in (tt.f16, tt.bf16) or not x.dtype.is_float or x.dtype == tt.f64:
@@ -212,11 +273,18 @@ def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
         split_kernel[-(-m * k // 256), 256](x, split, m * k, w.dtype, parts)
         x = split
     cfg = config or default_config(dev, m)
-    grid = -(-m // cfg.bm) * -(-n // cfg.bn)
-    gemm_mma_kernel[grid, cfg.threads(dev.caps.subgroup_size)](
+    xp = parts if cfg.fuse_parts else 1
+    tiles = -(-m // cfg.bm) * -(-n // cfg.bn)
+    splits = 1
+    if out.dtype == tt.f32:
+        splits = split_count(cfg, tiles, parts // xp * -(-k // cfg.bk), getattr(dev, "sm_count", 1))
+    if splits > 1:
+        init_kernel[-(-m * n // 256), 256](out, residual if residual is not None else out, m * n,
+                                           residual is not None)
+    gemm_mma_kernel[tiles * splits, cfg.threads(dev.caps.subgroup_size)](
         x, w, bias if bias is not None else out, residual if residual is not None else out, out,
-        m, n, k, w.dtype, parts, cfg.bm, cfg.bn, cfg.bk, cfg.wm, cfg.wn, cfg.stages, cfg.group_m,
-        bias is not None, residual is not None)
+        m, n, k, splits, w.dtype, parts, xp, cfg.bm, cfg.bn, cfg.bk, cfg.wm, cfg.wn, cfg.stages,
+        cfg.group_m, bias is not None, residual is not None, splits > 1)
     return out
 
 

@@ -24,7 +24,11 @@ GEMM_BK = 32  # one quantization block of K per step
 STRIP_ROWS = 32  # rows of x per work-item in gemm_strip_kernel (two AVX-512 registers)
 STRIP_BLOCK = 16  # work-items (output features) per group of gemm_strip_kernel / gemv_strip_kernel
 STRIP_GEMV_ROWS = 4  # up to this many rows, non-f32 weights take gemv_strip_kernel on CPU OpenCL
-MMA_MIN_ROWS = 16  # from M = 16 on, 16-bit weights go to the matrix units where the device has them
+# From M = 5 on, 16-bit weights go to the matrix units where the device has them: the split-K GEMM
+# costs about the same from 1 to 16 rows (W's traffic), the GEMV's x traffic grows with M (H200,
+# f32 x, bf16 W, benchmarks/tune_gemm.py: the GEMV as fast or faster at 1-2 rows, on two of three
+# shapes at 4; at 8, the specialization rows 5-7 run too, as fast to 2x slower; 2-5x slower at 16).
+MMA_MIN_ROWS = 5
 
 
 @tt.func
