@@ -3,8 +3,9 @@
 Decode (M = 1 … 16 rows of x) is memory-bound on W: each subgroup owns one output feature n,
 its lanes stride over W's row in chunks read with 16-byte vector loads (4 f32, 8 f16/bf16, or one
 32-element Q4 block of 16 bytes), decode them in registers, and accumulate one partial sum per x
-row; a subgroup reduction finishes each dot product. With subgroups of one lane (CPU OpenCL) each
-thread owns a row, which is the cache-friendly order there.
+row; a subgroup reduction finishes each dot product. CPU OpenCL (PoCL, subgroups of one lane)
+gets its own "strip" kernels, shaped for how PoCL vectorizes: one work-item per output feature,
+SIMD within the work-item (gemv_strip_kernel, gemm_strip_kernel).
 """
 
 from __future__ import annotations
@@ -364,16 +365,25 @@ def cpu_simd(caps) -> bool:
     return caps.target == "opencl" and caps.subgroup_size == 1
 
 
+def strip_operands(w: Weight) -> tuple[Tensor, Tensor, Tensor]:
+    """W's data as u32 words and its f16 scales and mins as u16 bits, for the strip kernels (which
+    decode them with integer arithmetic); absent arrays are replaced by any tensor (unread)."""
+    words = w.data.bitview(tt.u32)
+    scales = w.scales.bitview(tt.u16) if w.scales is not None else words
+    mins = w.mins.bitview(tt.u16) if w.mins is not None else scales
+    return words, scales, mins
+
+
 def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | None = None,
            out: Tensor | None = None, rows: int | None = None, unroll: int | None = None) -> Tensor:
     """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
 
     Up to MAX_GEMV_ROWS rows run the memory-bound GEMV kernel (on CPU OpenCL, up to STRIP_GEMV_ROWS
-    rows of non-f32 weights run gemv_strip_kernel); more run the tiled GEMM: for f16/bf16 weights
-    from MMA_MIN_ROWS rows on, on devices with matrix units, gemm.gemm (tensor cores; x of any float
-    type, f32 accuracy); on CPU OpenCL gemm_strip_kernel (2-2.5x the tiled kernel on PoCL);
-    otherwise the SIMT kernel below (any format, decoded while staging; other CPU backends, where
-    the portable mma lowering is no faster).
+    rows of non-f32 weights run gemv_strip_kernel unless rows or unroll ask for gemv_kernel); more
+    run a GEMM: for f16/bf16 weights from MMA_MIN_ROWS rows on, on devices with matrix units,
+    gemm.gemm (tensor cores; x of any float type, f32 accuracy); on CPU OpenCL gemm_strip_kernel
+    (2-2.5x the tiled kernel on PoCL); otherwise the SIMT kernel below (any format, decoded while
+    staging; other CPU backends, where the portable mma lowering is no faster).
     """
     n, k = w.shape
     m = x.size // k
@@ -393,11 +403,8 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
         mp = -(-m // STRIP_ROWS) * STRIP_ROWS
         xt = x.device.empty((k, mp), tt.f32)
         transpose_rows_kernel[-(-k * mp // 256), 256](x, xt, m, k, mp)
-        words = w.data.bitview(tt.u32)
-        scales_bits = scales.bitview(tt.u16) if w.scales is not None else words
-        mins_bits = mins.bitview(tt.u16) if w.mins is not None else scales_bits
         gemm_strip_kernel[(-(-n // STRIP_BLOCK), mp // STRIP_ROWS), STRIP_BLOCK](
-            xt, words, scales_bits, mins_bits, bias_arg, residual if residual is not None else out, out,
+            xt, *strip_operands(w), bias_arg, residual if residual is not None else out, out,
             m, n, k, mp, w.fmt, STRIP_ROWS, bias is not None, residual is not None)
         return out
     if m > MAX_GEMV_ROWS:
@@ -406,12 +413,9 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
                                     residual if residual is not None else out, out, m, n, k, w.fmt,
                                     bias is not None, residual is not None)
         return out
-    if m <= STRIP_GEMV_ROWS and w.fmt != "f32" and cpu_simd(caps):
-        words = w.data.bitview(tt.u32)
-        scales_bits = scales.bitview(tt.u16) if w.scales is not None else words
-        mins_bits = mins.bitview(tt.u16) if w.mins is not None else scales_bits
+    if m <= STRIP_GEMV_ROWS and w.fmt != "f32" and cpu_simd(caps) and rows is None and unroll is None:
         gemv_strip_kernel[-(-n // STRIP_BLOCK), STRIP_BLOCK](
-            x, words, scales_bits, mins_bits, bias_arg, residual if residual is not None else out, out,
+            x, *strip_operands(w), bias_arg, residual if residual is not None else out, out,
             n, k, m, 1 << (m - 1).bit_length(), w.fmt, bias is not None, residual is not None)
         return out
     # 16-bit weights are read as u32 words, eight values per 16-byte load
