@@ -89,8 +89,8 @@ def _run(args) -> int:
               f"{', '.join(available) or 'none'}", file=sys.stderr)
         return 2
     try:
-        options = {k: v for k, v in (("kv_memory", args.kv_memory), ("page_size", args.page_size))
-                   if v is not None}
+        options = {k: v for k, v in (("kv_memory", args.kv_memory), ("page_size", args.page_size),
+                                     ("kv_dtype", args.kv_dtype)) if v is not None}
         llm = LLM(args.model, backend=args.backend, max_context=args.context,
                   progress=sys.stderr.isatty(), **options)
     except (ModelFileError, UnsupportedModel, ValueError) as exc:
@@ -199,7 +199,7 @@ def _serve(args) -> int:
         print(f"tt: no model file or directory at {path}", file=sys.stderr)
         return 2
 
-    options = dict(kv_memory=args.kv_memory, page_size=args.page_size,
+    options = dict(kv_memory=args.kv_memory, page_size=args.page_size, kv_dtype=args.kv_dtype,
                    max_batch_tokens=args.max_batch_tokens, max_context=args.context)
 
     def load():
@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                         "memory (0.5); default: two full contexts, at most half the free memory")
     p.add_argument("--page-size", type=_count(1), default=None,
                    help="tokens per KV cache page (default: 16); prefixes are re-used in whole pages")
+    p.add_argument("--kv-dtype", choices=["f16", "f32"], default=None,
+                   help="how K and V are stored (default: f16, half the memory of f32)")
     p.set_defaults(func=_run)
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     p.add_argument("model", nargs="?", default=None,
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="device memory for the KV cache: a size (8GiB, 512MB) or a fraction of the "
                         "memory free after loading the weights (0.9); default: the engine's choice")
     p.add_argument("--page-size", type=_count(1), default=None, help="tokens per KV cache page")
+    p.add_argument("--kv-dtype", choices=["f16", "f32"], default=None,
+                   help="how K and V are stored (default: f16, half the memory of f32)")
     p.add_argument("--max-batch-tokens", type=_count(1), default=None,
                    help="most tokens one engine step computes (prefill chunks and decodes)")
     p.add_argument("--context", type=_count(2), default=None,

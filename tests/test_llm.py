@@ -107,7 +107,7 @@ def test_smollm2_greedy_matches_hf(backend, bundled_gguf, hf_model):
     """tt.LLM's greedy decoding (recorded decode steps with on-device sampling) picks HF's
     argmax at every step, and says " Paris"."""
     _device(backend)
-    llm = tt.LLM(str(bundled_gguf), backend=backend, max_context=CONTEXT)
+    llm = tt.LLM(str(bundled_gguf), backend=backend, max_context=CONTEXT, kv_dtype="f32")
     prompt = llm.tokenizer.encode(PARIS)
     out = llm.generate(prompt, max_tokens=24, temperature=0, ignore_eos=True)
     assert out.text.startswith(" Paris")
@@ -171,9 +171,13 @@ def test_stop_strings(llm):
 def test_seeded_sampling_is_reproducible(llm):
     kw = dict(max_tokens=12, temperature=1.0, top_p=0.95, ignore_eos=True)
     story = "Once upon a time, in a village at the edge of a great forest, there lived a"
+    llm.generate(story, max_tokens=1)  # cache the story's whole pages: a and b run alike
+    # (a prompt computed from scratch and one continuing a cached prefix attend through
+    # different kernels, whose float rounding differs in the last bits: enough to move a
+    # temperature-1 draw that lands at a boundary, never a greedy choice outside float ties)
     a = llm.generate(story, seed=7, **kw)
-    b = llm.generate(story, seed=7, **kw)  # now from the cached prefix (whole pages of it)
-    assert b.stats.reused_tokens > 0
+    b = llm.generate(story, seed=7, **kw)
+    assert a.stats.reused_tokens == b.stats.reused_tokens > 0
     assert a.ids == b.ids
     c = llm.generate(story, seed=8, **kw)
     assert c.ids != a.ids

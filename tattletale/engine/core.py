@@ -31,6 +31,7 @@ from .scheduler import Scheduler, Sequence
 Sink = Callable[[Output], None]
 
 DEFAULT_PAGE_SIZE = 16  # tokens per KV page: prefixes are shared in whole pages
+DEFAULT_KV_DTYPE = "f16"  # K/V are stored rounded to f16 (half the memory); attention computes in f32
 DEFAULT_KV_CONTEXTS = 2  # KV budget without kv_memory: this many full contexts (memory allowing)
 
 
@@ -69,14 +70,17 @@ class Engine:
                  model_name: str = "model", kv_memory: str | int | float | None = None,
                  page_size: int = DEFAULT_PAGE_SIZE, max_batch_tokens: int = 512, max_seqs: int = 64,
                  max_context: int | None = None, prefix_cache: bool = True,
-                 graphs: bool | None = None, eos_ids: set[int] | None = None):
+                 graphs: bool | None = None, eos_ids: set[int] | None = None,
+                 kv_dtype: str = DEFAULT_KV_DTYPE):
         cfg = model.cfg
         self.model, self.tokenizer, self.template = model, tokenizer, chat_template
         self.model_name = model_name
         self.path: Path | None = None  # the model file, when loaded by load_engine
         self.config = cfg
         dev = model.dev
-        layout = model.kv_layout(page_size)
+        if kv_dtype not in ("f16", "f32"):
+            raise ValueError(f"KV cache dtype {kv_dtype!r}: use f16 or f32")
+        layout = model.kv_layout(page_size, kv_dtype)
         context = min(max_context or cfg.max_positions, cfg.max_positions)
         free = dev.free_memory()
         if free is None:  # a CPU device: the host's memory
@@ -90,7 +94,7 @@ class Engine:
             raise ValueError(f"the KV memory budget ({budget} bytes) holds fewer than 2 pages of "
                              f"{layout.bytes_per_page} bytes")
         self.max_context = min(context, n_pages * page_size)
-        self.kv = PagedKV(dev, layout, n_pages)
+        self.kv = PagedKV(dev, layout, n_pages, kv_dtype)
         self.pool = PagePool(n_pages, page_size, layout.bytes_per_page)
         self.prefix_cache = PrefixCache(self.pool) if prefix_cache else None
         self.scheduler = Scheduler(self.pool, self.prefix_cache, max_batch_tokens, max_seqs)
