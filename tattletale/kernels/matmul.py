@@ -360,9 +360,10 @@ def gemv_rows(n: int, m: int, lanes: int, fmt: str) -> int:
     return rows
 
 
-def cpu_simd(caps) -> bool:
-    """OpenCL without subgroups: a CPU runtime (PoCL) that vectorizes within each work-item."""
-    return caps.target == "opencl" and caps.subgroup_size == 1
+def cpu_simd(dev) -> bool:
+    """A CPU OpenCL runtime (PoCL), which vectorizes within each work-item (a GPU OpenCL driver
+    without subgroups, such as NVIDIA's, keeps the GPU kernels)."""
+    return dev.caps.target == "opencl" and dev.caps.subgroup_size == 1 and not getattr(dev, "is_gpu", False)
 
 
 def strip_operands(w: Weight) -> tuple[Tensor, Tensor, Tensor]:
@@ -399,7 +400,7 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     caps = x.device.caps
     if w.fmt in ("f16", "bf16") and m >= MMA_MIN_ROWS and native_mma(caps.target, caps):
         return gemm(x, w.data, out, bias, residual)
-    if m > MAX_GEMV_ROWS and cpu_simd(caps):
+    if m > MAX_GEMV_ROWS and cpu_simd(x.device):
         mp = -(-m // STRIP_ROWS) * STRIP_ROWS
         xt = x.device.empty((k, mp), tt.f32)
         transpose_rows_kernel[-(-k * mp // 256), 256](x, xt, m, k, mp)
@@ -413,7 +414,7 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
                                     residual if residual is not None else out, out, m, n, k, w.fmt,
                                     bias is not None, residual is not None)
         return out
-    if m <= STRIP_GEMV_ROWS and w.fmt != "f32" and cpu_simd(caps) and rows is None and unroll is None:
+    if m <= STRIP_GEMV_ROWS and w.fmt != "f32" and cpu_simd(x.device) and rows is None and unroll is None:
         gemv_strip_kernel[-(-n // STRIP_BLOCK), STRIP_BLOCK](
             x, *strip_operands(w), bias_arg, residual if residual is not None else out, out,
             n, k, m, 1 << (m - 1).bit_length(), w.fmt, bias is not None, residual is not None)
