@@ -222,6 +222,35 @@ def transpose_rows_kernel(x: tt.Buffer[tt.f32], xt: tt.Buffer[tt.f32], M: tt.i32
         xt[i] = x[m * K + k] if m < M else 0.0
 
 
+@tt.func
+def decode_step(w, scales, mins, i, wv, FMT):
+    """Decode step i of a strip kernel's row walk (one 32-element block of a quantized format, or
+    8 values of a float format) from u32 words and u16 scale bits into the private array wv,
+    with integer arithmetic only (no half-conversion builtins, which stop PoCL's vectorizer)."""
+    QUANT = FMT == "q8_0" or FMT == "q4_0" or FMT == "q4_1"
+    WPC = 8 if FMT == "q8_0" or FMT == "f32" else 4  # u32 words per step
+    BF = FMT == "bf16"
+    d = 1.0
+    offset = 0.0
+    if QUANT:
+        d = f16_bits(tt.u32(scales[i]))
+        offset = -8.0 * d if FMT == "q4_0" else (f16_bits(tt.u32(mins[i])) if FMT == "q4_1" else 0.0)
+    for j in tt.static_range(WPC):
+        word = w[i * WPC + j]
+        if FMT == "f32":
+            wv[j] = tt.bitcast(word, tt.f32)
+        elif FMT == "f16" or FMT == "bf16":
+            wv[2 * j] = f16_bits(word & 65535) if not BF else tt.bitcast(word << 16, tt.f32)
+            wv[2 * j + 1] = f16_bits(word >> 16) if not BF else tt.bitcast(word & 4294901760, tt.f32)
+        elif FMT == "q8_0":
+            for b in tt.static_range(4):
+                wv[4 * j + b] = d * sbyte(word, b)
+        else:
+            for b in tt.static_range(4):
+                wv[4 * j + b] = d * nibble(word, 2 * b) + offset
+                wv[16 + 4 * j + b] = d * nibble(word, 2 * b + 1) + offset
+
+
 @tt.kernel
 def gemm_strip_kernel(xt: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mins: tt.Buffer,
                       bias: tt.Buffer, residual: tt.Buffer, y: tt.Buffer, M: tt.i32, N: tt.i32,
@@ -239,8 +268,6 @@ def gemm_strip_kernel(xt: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mi
     """
     QUANT = FMT == "q8_0" or FMT == "q4_0" or FMT == "q4_1"
     CH = 32 if QUANT else 8  # elements per step
-    WPC = 8 if FMT == "q8_0" or FMT == "f32" else 4  # u32 words per step
-    BF = FMT == "bf16"
     NC = K // CH
     gn = tt.global_id(0)
     n = min(gn, N - 1)  # the last group's extra work-items recompute row N - 1 and store nothing
@@ -250,26 +277,7 @@ def gemm_strip_kernel(xt: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, mi
         acc[m] = 0.0
     wv = tt.array((CH,), tt.f32)
     for c in range(NC if n >= 0 else 0):  # n >= 0 always
-        d = 1.0
-        offset = 0.0
-        if QUANT:
-            d = f16_bits(tt.u32(scales[n * NC + c]))
-            offset = -8.0 * d if FMT == "q4_0" else (f16_bits(tt.u32(mins[n * NC + c])) if FMT == "q4_1"
-                                                      else 0.0)
-        for j in tt.static_range(WPC):
-            word = w[(n * NC + c) * WPC + j]
-            if FMT == "f32":
-                wv[j] = tt.bitcast(word, tt.f32)
-            elif FMT == "f16" or FMT == "bf16":
-                wv[2 * j] = f16_bits(word & 65535) if not BF else tt.bitcast(word << 16, tt.f32)
-                wv[2 * j + 1] = f16_bits(word >> 16) if not BF else tt.bitcast(word & 4294901760, tt.f32)
-            elif FMT == "q8_0":
-                for b in tt.static_range(4):
-                    wv[4 * j + b] = d * sbyte(word, b)
-            else:
-                for b in tt.static_range(4):
-                    wv[4 * j + b] = d * nibble(word, 2 * b) + offset
-                    wv[16 + 4 * j + b] = d * nibble(word, 2 * b + 1) + offset
+        decode_step(w, scales, mins, n * NC + c, wv, FMT)
         for j in tt.static_range(CH):
             base = (c * CH + j) * MP + m0
             for m in tt.static_range(MT):
@@ -299,8 +307,6 @@ def gemv_strip_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, min
     QUANT = FMT == "q8_0" or FMT == "q4_0" or FMT == "q4_1"
     CH = 32 if QUANT else 8  # elements per step
     VL = 16 if QUANT else 8  # partial sums per row of x
-    WPC = 8 if FMT == "q8_0" or FMT == "f32" else 4  # u32 words per step
-    BF = FMT == "bf16"
     NC = K // CH
     gn = tt.global_id(0)
     n = min(gn, N - 1)
@@ -310,26 +316,7 @@ def gemv_strip_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, min
             acc[m, v] = 0.0
     wv = tt.array((CH,), tt.f32)
     for c in range(NC if n >= 0 else 0):  # n >= 0 always
-        d = 1.0
-        offset = 0.0
-        if QUANT:
-            d = f16_bits(tt.u32(scales[n * NC + c]))
-            offset = -8.0 * d if FMT == "q4_0" else (f16_bits(tt.u32(mins[n * NC + c])) if FMT == "q4_1"
-                                                      else 0.0)
-        for j in tt.static_range(WPC):
-            word = w[(n * NC + c) * WPC + j]
-            if FMT == "f32":
-                wv[j] = tt.bitcast(word, tt.f32)
-            elif FMT == "f16" or FMT == "bf16":
-                wv[2 * j] = f16_bits(word & 65535) if not BF else tt.bitcast(word << 16, tt.f32)
-                wv[2 * j + 1] = f16_bits(word >> 16) if not BF else tt.bitcast(word & 4294901760, tt.f32)
-            elif FMT == "q8_0":
-                for b in tt.static_range(4):
-                    wv[4 * j + b] = d * sbyte(word, b)
-            else:
-                for b in tt.static_range(4):
-                    wv[4 * j + b] = d * nibble(word, 2 * b) + offset
-                    wv[16 + 4 * j + b] = d * nibble(word, 2 * b + 1) + offset
+        decode_step(w, scales, mins, n * NC + c, wv, FMT)
         for m in tt.static_range(M):
             row = min(m, rows_m - 1) * K + c * CH
             for v in tt.static_range(CH):
