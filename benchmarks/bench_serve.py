@@ -52,8 +52,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(kind: str, model: str, backend: str | None, threads: int,
-           context: int) -> tuple[subprocess.Popen, str]:
+def launch(kind: str, model: str, backend: str | None, threads: int, context: int,
+           extra_args: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     if kind == "tt":
         cmd = [sys.executable, "-m", "tattletale", "serve", model, "--port", str(port),
@@ -62,7 +62,7 @@ def launch(kind: str, model: str, backend: str | None, threads: int,
             cmd += ["--backend", backend]
     else:
         cmd = [sys.executable, "-c", LLAMA_CPP_LAUNCHER, "--model", model, "--port", str(port),
-               "--n_threads", str(threads), "--n_ctx", str(context)]
+               "--n_threads", str(threads), "--n_ctx", str(context), *extra_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -146,7 +146,11 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--context", type=int, default=2048, help="each request's context window")
+    ap.add_argument("--llama-cpp-queue", action="store_true",
+                    help="start llama_cpp.server with --interrupt_requests False: requests wait their "
+                         "turn (by default a new request interrupts the one being generated)")
     args = ap.parse_args()
+    args.llama_cpp_args = ["--interrupt_requests", "False"] if args.llama_cpp_queue else []
     model = str(resolve(args.model))
     tokenizer = open_model(model).tokenizer()
     eos = tokenizer.token_id(tokenizer.eos_token)
@@ -160,13 +164,15 @@ def main() -> None:
           "| ITL p99 (ms) |")
     print("|---|---|---|---|---|---|---|---|")
     for kind in args.launch:
-        proc, url = launch(kind, model, args.backend, threads, args.context)
+        proc, url = launch(kind, model, args.backend, threads, args.context,
+                           args.llama_cpp_args if kind == "llama.cpp" else [])
         targets.append((kind, url, proc))
     try:
         for name, url, _ in targets:
             # tt takes ignore_eos; llama.cpp's server takes a logit bias against the end token
             extra = {"ignore_eos": True} if name == "tt" else {"logit_bias": {str(eos): -100}}
-            label = f"tattletale ({args.backend or tt.device().backend})" if name == "tt" else name
+            label = f"tattletale ({args.backend or tt.device().backend})" if name == "tt" else \
+                " ".join([name, *args.llama_cpp_args])
             run_load(url, [make_prompt(rng, 16, tokenizer)] * 2, 4, 2, None, extra)  # warm up
             for conc in args.concurrency:
                 n = args.requests or max(8, 2 * conc)
