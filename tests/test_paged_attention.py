@@ -55,26 +55,31 @@ def test_paged_decode_ragged(dev, rng, page_size, window):
         assert np.abs(got[b] - ref[0]).max() < 1e-5, b
 
 
-@pytest.mark.parametrize("page_size", [16, 32])
-def test_paged_prefill_ragged(dev, rng, page_size):
+@pytest.mark.parametrize("page_size,splits", [(16, 1), (32, 1), (16, 3)])
+def test_paged_prefill_ragged(dev, rng, page_size, splits):
     """Three sequences in one launch: a fresh prompt, a prompt extending a cached prefix that ends
-    mid-page, and a one-token continuation; query rows of the batch are concatenated."""
+    mid-page, and a one-token continuation; query rows of the batch are concatenated after 5
+    rows the work items do not cover (decode rows in the engine), which must stay untouched.
+    With splits, each item's keys are divided over workgroups and combined."""
     n_heads, n_kv, d = SMOL["heads"], SMOL["kv"], SMOL["head_dim"]
     spans = [(0, 70), (page_size + 5, 40), (130, 1)]  # (cached tokens, new tokens) per sequence
     ks = [rng.standard_normal((c + n, n_kv, d)).astype(np.float32) for c, n in spans]
     vs = [rng.standard_normal((c + n, n_kv, d)).astype(np.float32) for c, n in spans]
     kp, vp, tables = scatter_to_pages(rng, ks, vs, page_size)
-    total = sum(n for _, n in spans)
+    base = 5
+    total = base + sum(n for _, n in spans)
     q = rng.standard_normal((total, n_heads, d)).astype(np.float32)
-    rows, work_spans = 0, []
+    rows, work_spans = base, []
     for s, (c, n) in enumerate(spans):
         work_spans.append((rows, n, c, s))
         rows += n
     work = prefill_work(work_spans)
     out = poisoned(dev, q.shape)
     prefill_attention(dev.tensor(q), dev.tensor(kp), dev.tensor(vp), n_kv, out=out,
-                      work=dev.tensor(work), tables=dev.tensor(tables), page_size=page_size)
+                      work=dev.tensor(work), tables=dev.tensor(tables), page_size=page_size,
+                      row_base=base, splits=splits)
     got = out.numpy()
+    assert np.isnan(got[:base]).all()
     for (row, n, c, s) in work_spans:
         ref = reference_attention(q[row:row + n], ks[s], vs[s], c)
         assert np.abs(got[row:row + n] - ref).max() < 1e-5, s

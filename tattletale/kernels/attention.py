@@ -238,12 +238,16 @@ WORK_FIELDS = 5  # a prefill work item: first query row, rows, first position, c
 
 @tt.kernel
 def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.Buffer,
+                             part_o: tt.Buffer[tt.f32], part_ml: tt.Buffer[tt.f32],
                              work: tt.Buffer[tt.i32], tables: tt.Buffer[tt.i32], width: tt.i32,
                              n_heads: tt.i32, n_kv: tt.i32, window: tt.i32, scale: tt.f32,
-                             q_stride: tt.i32, D: tt.constexpr, BQ: tt.constexpr, BK: tt.constexpr,
-                             PAGE: tt.constexpr):
-    """Causal attention of a ragged batch of query blocks: workgroup (item, head) takes work item
-    `item` = (first query row, rows ≤ BQ, position of the first row, context length, sequence).
+                             q_stride: tt.i32, row_base: tt.i32, D: tt.constexpr, BQ: tt.constexpr,
+                             BK: tt.constexpr, PAGE: tt.constexpr, SPLIT: tt.constexpr):
+    """Causal attention of a ragged batch of query blocks: workgroup (item, head, split) takes
+    work item `item` = (first query row, rows ≤ BQ, position of the first row, context length,
+    sequence) and the split-th of num_groups(2) equal parts of its keys. With SPLIT, each part's
+    unnormalized output, max and sum go to part_o/part_ml (row − row_base, head, split) for
+    combine_splits_kernel, so that a few query blocks over a long history still fill the device.
 
     Each thread owns one query row and its output accumulator; key/value tiles of BK tokens are
     staged through shared memory and consumed with an online softmax, so the score matrix is
@@ -281,10 +285,14 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
     if window > 0:
         first = max(0, pos0 - window + 1)
     first = first // BK * BK
-    for kb in range(first, last, BK):
+    splits = tt.num_groups(2)
+    part = (last - first + splits * BK - 1) // (splits * BK) * BK  # keys per split, whole tiles
+    lo = first + tt.group_id(2) * part
+    hi = min(lo + part, last)
+    for kb in range(lo, hi, BK):
         for i in range(tid, BK * D, BQ):
             t = kb + i // D
-            if t < last:
+            if t < hi:
                 slot = kv_slot(tables, b, t, width, PAGE)
                 ks[i // D, i % D] = k[kv_index(slot, hk, i % D, n_kv, D)]
                 vs[i // D, i % D] = v[kv_index(slot, hk, i % D, n_kv, D)]
@@ -305,9 +313,16 @@ def prefill_attention_kernel(q: tt.Buffer, k: tt.Buffer, v: tt.Buffer, out: tt.B
                     m = m_new
         tt.barrier()
     if tid < n_rows:
-        inv = 1.0 / denom
-        for d in tt.static_range(D):
-            out[(row * n_heads + h) * D + d] = o[d] * inv
+        if SPLIT:
+            at = ((row - row_base) * n_heads + h) * splits + tt.group_id(2)
+            for d in tt.static_range(D):
+                part_o[at * D + d] = o[d]
+            part_ml[at * 2] = m
+            part_ml[at * 2 + 1] = denom
+        else:
+            inv = 1.0 / denom
+            for d in tt.static_range(D):
+                out[(row * n_heads + h) * D + d] = o[d] * inv
 
 
 PREFILL_BQ = 64  # query rows per prefill workgroup
@@ -328,13 +343,16 @@ def prefill_work(spans: list[tuple[int, int, int, int]], bq: int = PREFILL_BQ) -
 def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | None = None,
                       window: int = 0, scale: float | None = None, q_stride: int | None = None,
                       work: Tensor | None = None, tables: Tensor | None = None,
-                      page_size: int = 0) -> Tensor:
+                      page_size: int = 0, row_base: int = 0, splits: int = 1,
+                      partials: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Causal attention of many query tokens; q: [T, H, D] (rows q_stride elements apart).
 
     Contiguous, one sequence: q holds the last T of the k, v [T_kv, n_kv, D] positions (T_kv ≥ T,
     so a prompt can extend a cached prefix). Paged, a ragged batch: `work` (from `prefill_work`,
     uploaded) lists the query blocks, `tables` [S, width] the sequences' page ids, and k, v are
-    one layer's [n_pages · page_size, n_kv, D] view of the page pool.
+    one layer's [n_pages · page_size, n_kv, D] view of the page pool; the work items cover rows
+    row_base … T−1. `splits` > 1 divides each item's keys over that many workgroups, combined
+    afterwards through `partials` ([rows·H·splits, D] and [rows·H·splits, 2] f32 scratch).
     """
     n_q, n_heads, d = q.shape
     dev = q.device
@@ -347,7 +365,33 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | 
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     bk = 16 if d > 64 else 32
     out = out if out is not None else dev.empty(q.shape, tt.f32)
-    prefill_attention_kernel[(work.shape[0], n_heads), PREFILL_BQ](
-        q, k, v, out, work, tables, width, n_heads, n_kv, window, scale, q_stride or n_heads * d, d,
-        PREFILL_BQ, bk, page_size)
+    rows = n_q - row_base  # the rows the work items cover: row_base … n_q − 1
+    if splits > 1:
+        if partials is not None:
+            part_o = partials[0].view(0, (rows * n_heads * splits, d))
+            part_ml = partials[1].view(0, (rows * n_heads * splits, 2))
+        else:
+            part_o = dev.empty((rows * n_heads * splits, d), tt.f32)
+            part_ml = dev.empty((rows * n_heads * splits, 2), tt.f32)
+    else:
+        part_o = part_ml = out
+    prefill_attention_kernel[(work.shape[0], n_heads, splits), PREFILL_BQ](
+        q, k, v, out, part_o, part_ml, work, tables, width, n_heads, n_kv, window, scale,
+        q_stride or n_heads * d, row_base, d, PREFILL_BQ, bk, page_size, splits > 1)
+    if splits > 1:
+        combine_splits_kernel[rows * n_heads, d](part_o, part_ml, out.view(row_base * n_heads * d,
+                                                                            (rows, n_heads, d)),
+                                                 splits, d)
     return out
+
+
+PREFILL_TARGET_GROUPS = 4096  # workgroups a prefill launch should have to fill a large GPU
+PREFILL_MIN_KEYS = 256  # keys per split at least
+
+
+def prefill_splits(n_items: int, n_heads: int, longest: int, cap: int) -> int:
+    """Key splits per prefill work item: more while a few query blocks attend to a long history
+    (so the launch still fills the device), never below PREFILL_MIN_KEYS keys a split or above
+    `cap` (the scratch for partial results)."""
+    want = -(-PREFILL_TARGET_GROUPS // max(1, n_items * n_heads))
+    return max(1, min(want, longest // PREFILL_MIN_KEYS, cap))

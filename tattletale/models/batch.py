@@ -76,6 +76,7 @@ class Batch:
         self.n_seqs = self.n_decode + len(prefill)  # table rows
         self.n_tokens = sum(len(s.tokens) for s in self.spans)
         self.longest_decode = max((s.start + len(s.tokens) for s in decode), default=0)
+        self.longest_prefill = max((s.start + len(s.tokens) for s in prefill), default=0)
         rows, spans_at, sampled = 0, [], []
         for i, s in enumerate(prefill):
             spans_at.append((self.n_decode + sum(len(p.tokens) for p in prefill[:i]), len(s.tokens),

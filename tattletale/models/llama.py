@@ -23,7 +23,13 @@ import tattletale as tt
 from tattletale.cache.kv import PagedKV
 from tattletale.cache.pages import KVLayout, PagePool, PageTable
 from tattletale.dsl.types import as_type
-from tattletale.kernels.attention import decode_attention, decode_plan, kv_write, prefill_attention
+from tattletale.kernels.attention import (
+    decode_attention,
+    decode_plan,
+    kv_write,
+    prefill_attention,
+    prefill_splits,
+)
 from tattletale.kernels.elementwise import swiglu
 from tattletale.kernels.embedding import embedding
 from tattletale.kernels.matmul import linear
@@ -251,6 +257,9 @@ class LlamaModel:
         k_new = qkv.view(nh * hd, (n, nkv * hd))
         v_new = qkv.view((nh + nkv) * hd, (n, nkv * hd))
         splits, chunk = decode_plan(longest or batch.longest_decode)
+        # CPU devices (no subgroups) gain nothing from more workgroups than cores
+        prefill_split = prefill_splits(batch.n_work, nh, batch.longest_prefill, ws.max_splits) \
+            if self.dev.caps.subgroup_size > 1 else 1
         embedding(self.embed, v["ids"], out=h)
         for i, layer in enumerate(self.layers):
             rmsnorm(h, layer.attn_norm, cfg.rms_eps, out=x)
@@ -270,7 +279,8 @@ class LlamaModel:
             if batch.n_work:
                 prefill_attention(qkv.view(0, (n, nh, hd)), kc, vc, nkv, out=attn,
                                   window=cfg.sliding_window, q_stride=qkv_width, work=v["work"],
-                                  tables=v["tables"], page_size=ps)
+                                  tables=v["tables"], page_size=ps, row_base=nd,
+                                  splits=prefill_split, partials=ws.partials)
             linear(attn.reshape(n, nh * hd), layer.wo, residual=h, out=h)
             rmsnorm(h, layer.ffn_norm, cfg.rms_eps, out=x)
             linear(x, layer.w_gate_up, out=gate_up)
@@ -320,5 +330,6 @@ class Workspace:
         self.picked = dev.empty((rows, cfg.hidden), tt.f32)
         self.normed = dev.empty((rows, cfg.hidden), tt.f32)
         self.logits = dev.empty((rows, cfg.vocab), tt.f32)
-        partial_rows = max_decode * cfg.n_heads * max(max_splits, 1)
+        self.max_splits = max(max_splits, 1)  # also bounds prefill attention's key splits
+        partial_rows = max_decode * cfg.n_heads * self.max_splits
         self.partials = (dev.empty((partial_rows, hd), tt.f32), dev.empty((partial_rows, 2), tt.f32))
