@@ -80,7 +80,7 @@ class CompileOnlyDevice(Device):
         return _CompileOnlyEvent(self)
 
     def record(self) -> Recording:
-        return _CompileOnlyRecording()
+        return _CompileOnlyRecording(self)
 
 
 class _NoLaunch:
@@ -97,6 +97,11 @@ class _CompileOnlyEvent(Event):
 
 
 class _CompileOnlyRecording(Recording):
+    """Launches inside the block compile as usual (nothing is routed: nothing runs anyway)."""
+
+    def __enter__(self) -> Recording:
+        return self
+
     def __exit__(self, *exc) -> None:
         pass
 

@@ -187,7 +187,7 @@ class Engine:
         m.batch_seqs_last = len(plan.spans)
         for s in plan.spans:
             s.seq.n_computed += s.n
-            if s.seq.n_computed >= s.seq.n_prompt:
+            if s.start < s.seq.n_prompt <= s.seq.n_computed:  # the prompt is now computed: share it
                 self.scheduler.offer(s.seq)
             if not s.samples:
                 m.prompt_tokens_total += s.n

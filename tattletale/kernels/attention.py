@@ -190,6 +190,15 @@ def decode_plan(longest: int) -> tuple[int, int]:
     return decode_splits(longest, chunk), chunk
 
 
+def split_scratch(dev, partials: tuple[Tensor, Tensor] | None, rows: int, d: int
+                  ) -> tuple[Tensor, Tensor]:
+    """Room for `rows` partial results of split attention ([rows, d] outputs, [rows, 2] max and
+    sum): views of preallocated `partials` (recorded launches allocate nothing), or new buffers."""
+    if partials is not None:
+        return partials[0].view(0, (rows, d)), partials[1].view(0, (rows, 2))
+    return dev.empty((rows, d), tt.f32), dev.empty((rows, 2), tt.f32)
+
+
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, n_kv: int,
                      out: Tensor | None = None, window: int = 0, scale: float | None = None,
                      chunk: int = DECODE_CHUNK, longest: int | None = None,
@@ -219,12 +228,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
     sg = dev.caps.subgroup_size
     block = max(sg, min(128, 4 * sg)) if sg > 1 else 16
     n_splits = decode_splits(longest or capacity, chunk)
-    if partials is not None:
-        part_o = partials[0].view(0, (bsz * n_heads * n_splits, d))
-        part_ml = partials[1].view(0, (bsz * n_heads * n_splits, 2))
-    else:
-        part_o = dev.empty((bsz * n_heads * n_splits, d), tt.f32)
-        part_ml = dev.empty((bsz * n_heads * n_splits, 2), tt.f32)
+    part_o, part_ml = split_scratch(dev, partials, bsz * n_heads * n_splits, d)
     out = out if out is not None else dev.empty(q.shape, tt.f32)
     decode_attention_kernel[(bsz * n_heads, n_splits), block](
         q, k_cache, v_cache, lengths, tables, part_o, part_ml, width, n_heads, n_kv, chunk, window,
@@ -366,15 +370,8 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | 
     bk = 16 if d > 64 else 32
     out = out if out is not None else dev.empty(q.shape, tt.f32)
     rows = n_q - row_base  # the rows the work items cover: row_base … n_q − 1
-    if splits > 1:
-        if partials is not None:
-            part_o = partials[0].view(0, (rows * n_heads * splits, d))
-            part_ml = partials[1].view(0, (rows * n_heads * splits, 2))
-        else:
-            part_o = dev.empty((rows * n_heads * splits, d), tt.f32)
-            part_ml = dev.empty((rows * n_heads * splits, 2), tt.f32)
-    else:
-        part_o = part_ml = out
+    part_o, part_ml = split_scratch(dev, partials, rows * n_heads * splits, d) if splits > 1 \
+        else (out, out)
     prefill_attention_kernel[(work.shape[0], n_heads, splits), PREFILL_BQ](
         q, k, v, out, part_o, part_ml, work, tables, width, n_heads, n_kv, window, scale,
         q_stride or n_heads * d, row_base, d, PREFILL_BQ, bk, page_size, splits > 1)

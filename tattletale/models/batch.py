@@ -78,10 +78,9 @@ class Batch:
         self.longest_decode = max((s.start + len(s.tokens) for s in decode), default=0)
         self.longest_prefill = max((s.start + len(s.tokens) for s in prefill), default=0)
         rows, spans_at, sampled = 0, [], []
-        for i, s in enumerate(prefill):
-            spans_at.append((self.n_decode + sum(len(p.tokens) for p in prefill[:i]), len(s.tokens),
-                             s.start, self.n_decode + i))
         for s in self.spans:
+            if len(s.tokens) > decode_rows_max:  # (first row, queries, first position, table row)
+                spans_at.append((rows, len(s.tokens), s.start, self.n_decode + len(spans_at)))
             n = len(s.tokens)
             if s.logits == "all":
                 sampled += [(rows + j, s) for j in range(n)]

@@ -117,14 +117,21 @@ class Recording:
     graphs): change inputs by writing into the recorded tensors, not by passing new ones.
     """
 
+    def __init__(self, device: Device):
+        self.device = device
+
     def replay(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Recording:
+        """Route the device's launches into this recording until the block ends."""
+        if self.device._recording is not None:
+            raise RuntimeError("already recording on this device")
+        self.device._recording = self
         return self
 
     def __exit__(self, *exc) -> None:
-        raise NotImplementedError
+        self.device._recording = None
 
 
 class Device(ABC):

@@ -79,17 +79,8 @@ class OpenCLKernel:
 
 class OpenCLRecording(Recording):
     def __init__(self, device: OpenCLDevice):
-        self.device = device
+        super().__init__(device)
         self.launches: list = []
-
-    def __enter__(self):
-        if self.device._recording is not None:
-            raise RuntimeError("already recording on this device")
-        self.device._recording = self
-        return self
-
-    def __exit__(self, *exc):
-        self.device._recording = None
 
     def replay(self) -> None:
         enqueue, q = _cl().enqueue_nd_range_kernel, self.device.queue

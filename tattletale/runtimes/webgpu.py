@@ -236,17 +236,8 @@ class WebGPURecording(Recording):
     (WebGPU command buffers are single-use, so they are re-encoded)."""
 
     def __init__(self, device: WebGPUDevice):
-        self.device = device
+        super().__init__(device)
         self.dispatches: list[tuple] = []
-
-    def __enter__(self):
-        if self.device._recording is not None:
-            raise RuntimeError("already recording on this device")
-        self.device._recording = self
-        return self
-
-    def __exit__(self, *exc):
-        self.device._recording = None
 
     def replay(self) -> None:
         self.device._pending += self.dispatches
