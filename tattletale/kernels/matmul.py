@@ -15,8 +15,8 @@ from tattletale.codegen import native_mma
 from tattletale.runtimes import Tensor
 
 from .gemm import gemm
-from .matmul_cpu import cpu_linear, cpu_simd
-from .quant import Weight, dequant_element, half_hi, half_lo, nibble, sbyte
+from .matmul_cpu import cpu_linear
+from .quant import Weight, cpu_simd, dequant_element, half_hi, half_lo, nibble, sbyte
 
 MAX_GEMV_ROWS = 16
 CPU_LANES = 16  # threads per output feature on devices without subgroups (tuned on PoCL)

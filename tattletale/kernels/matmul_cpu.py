@@ -14,7 +14,7 @@ from __future__ import annotations
 import tattletale as tt
 from tattletale.runtimes import Tensor
 
-from .quant import Weight, nibble, sbyte
+from .quant import Weight
 
 STRIP_ROWS = 32  # rows of x per work-item in gemm_strip_kernel (two AVX-512 registers)
 STRIP_BLOCK = 16  # work-items (output features) per group of gemm_strip_kernel / gemv_strip_kernel
@@ -23,19 +23,17 @@ STRIP_GEMM_MIN_ROWS = 17
 STRIP_GEMV_ROWS = 4  # up to this many rows, non-f32 weights take gemv_strip_kernel on CPU OpenCL
 
 
-def cpu_simd(dev) -> bool:
-    """A CPU OpenCL runtime (PoCL), which vectorizes within each work-item (a GPU OpenCL driver
-    without subgroups, such as NVIDIA's, keeps the GPU kernels)."""
-    return dev.caps.target == "opencl" and dev.caps.subgroup_size == 1 and not getattr(dev, "is_gpu", False)
+_ELEMENT_VIEW = {"q4_0": tt.u8, "q4_1": tt.u8, "q8_0": tt.i8, "f16": tt.u16, "bf16": tt.u16, "f32": tt.f32}
 
 
 def strip_operands(w: Weight) -> tuple[Tensor, Tensor, Tensor]:
-    """W's data as u32 words and its f16 scales and mins as u16 bits, for the strip kernels (which
-    decode them with integer arithmetic); absent arrays are replaced by any tensor (unread)."""
-    words = w.data.bitview(tt.u32)
-    scales = w.scales.bitview(tt.u16) if w.scales is not None else words
-    mins = w.mins.bitview(tt.u16) if w.mins is not None else scales
-    return words, scales, mins
+    """W's data viewed as one element per value (bytes for Q4 pairs and Q8, half words for 16-bit
+    formats) and its f32 scales and mins (see Weight), for decode_step; absent arrays are replaced
+    by any tensor (unread)."""
+    data = w.data.bitview(_ELEMENT_VIEW[w.fmt])
+    scales = w.scales if w.scales is not None else data
+    mins = w.mins if w.mins is not None else scales
+    return data, scales, mins
 
 
 @tt.func
@@ -60,30 +58,33 @@ def transpose_rows_kernel(x: tt.Buffer[tt.f32], xt: tt.Buffer[tt.f32], M: tt.i32
 @tt.func
 def decode_step(w, scales, mins, i, wv, FMT):
     """Decode step i of a strip kernel's row walk (one 32-element block of a quantized format, or
-    8 values of a float format) from u32 words and u16 scale bits into the private array wv,
-    with integer arithmetic only (no half-conversion builtins, which stop PoCL's vectorizer)."""
-    QUANT = FMT == "q8_0" or FMT == "q4_0" or FMT == "q4_1"
-    WPC = 8 if FMT == "q8_0" or FMT == "f32" else 4  # u32 words per step
-    BF = FMT == "bf16"
-    d = 1.0
-    offset = 0.0
-    if QUANT:
-        d = f16_bits(tt.u32(scales[i]))
-        offset = -8.0 * d if FMT == "q4_0" else (f16_bits(tt.u32(mins[i])) if FMT == "q4_1" else 0.0)
-    for j in tt.static_range(WPC):
-        word = w[i * WPC + j]
-        if FMT == "f32":
-            wv[j] = tt.bitcast(word, tt.f32)
-        elif FMT == "f16" or FMT == "bf16":
-            wv[2 * j] = f16_bits(word & 65535) if not BF else tt.bitcast(word << 16, tt.f32)
-            wv[2 * j + 1] = f16_bits(word >> 16) if not BF else tt.bitcast(word & 4294901760, tt.f32)
-        elif FMT == "q8_0":
-            for b in tt.static_range(4):
-                wv[4 * j + b] = d * sbyte(word, b)
-        else:
-            for b in tt.static_range(4):
-                wv[4 * j + b] = d * nibble(word, 2 * b) + offset
-                wv[16 + 4 * j + b] = d * nibble(word, 2 * b + 1) + offset
+    8 values of a float format) into the private array wv. Every element is decoded by the same
+    expression from its own byte (Q4: low and high nibble of byte j are elements j and j + 16),
+    half word or word, so LLVM's SLP vectorizer turns the step into a few vector loads, extensions
+    and conversions; scales and minimums come as f32 (decoding f16 would cost more than the bytes).
+    The element offsets are 64-bit sums of a base and a constant: PoCL's compiler does not treat
+    32-bit index arithmetic as non-wrapping, so only then does it see consecutive addresses
+    (vector loads, not gathers)."""
+    base = tt.i64(i) * (32 if FMT == "q8_0" else (16 if FMT == "q4_0" or FMT == "q4_1" else 8))
+    if FMT == "q4_0" or FMT == "q4_1":
+        d = scales[i]
+        offset = -8.0 * d if FMT == "q4_0" else mins[i]
+        for j in tt.static_range(16):
+            b = tt.u32(w[base + j])
+            wv[j] = d * tt.f32(b & 15) + offset
+            wv[16 + j] = d * tt.f32(b >> 4) + offset
+    elif FMT == "q8_0":
+        d = scales[i]
+        for j in tt.static_range(32):
+            wv[j] = d * tt.f32(w[base + j])
+    else:
+        for j in tt.static_range(8):
+            if FMT == "f32":
+                wv[j] = w[base + j]
+            elif FMT == "bf16":
+                wv[j] = tt.bitcast(tt.u32(w[base + j]) << 16, tt.f32)
+            else:
+                wv[j] = f16_bits(tt.u32(w[base + j]))
 
 
 @tt.kernel
@@ -153,13 +154,19 @@ def gemv_strip_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, min
     for c in range(NC if n >= 0 else 0):  # n >= 0 always
         decode_step(w, scales, mins, n * NC + c, wv, FMT)
         for m in tt.static_range(M):
-            row = min(m, rows_m - 1) * K + c * CH
-            for v in tt.static_range(CH):
-                acc[m, v % VL] += x[row + v] * wv[v]
+            row = tt.i64(min(m, rows_m - 1) * K + c * CH)  # 64-bit: see decode_step
+            for v in tt.static_range(VL):  # one statement per partial sum: what the SLP vectorizer packs
+                if CH == VL:
+                    acc[m, v] += x[row + v] * wv[v]
+                else:
+                    acc[m, v] += x[row + v] * wv[v] + x[row + VL + v] * wv[VL + v]
     for m in tt.static_range(M):
-        t = 0.0
-        for v in tt.static_range(VL):
-            t += acc[m, v]
+        # A tree of halving vector adds: a running sum would be vectorized as one long chain with
+        # the accumulators' lanes regrouped inside the loop (gathers), at half the speed.
+        for s in tt.static_range(1, VL.bit_length()):
+            for v in tt.static_range(VL >> s):
+                acc[m, v] += acc[m, v + (VL >> s)]
+        t = acc[m, 0]
         if gn < N and m < rows_m:
             if HAS_BIAS:
                 t += bias[gn]
