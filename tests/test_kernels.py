@@ -163,6 +163,27 @@ def test_linear(dev, rng, fmt, m, n, k):
     assert rel_err(out.numpy(), ref) < 1e-5
 
 
+@pytest.mark.parametrize("fmt", ["f16", "bf16"])
+def test_linear_decodes_every_16bit_value_exactly(dev, fmt):
+    """Every finite f16/bf16 bit pattern (subnormals, both zeros, extremes) in W, times an identity x:
+    the output is W.T exactly, whatever decoding a backend's kernel uses."""
+    k, n = 64, 960
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = bits[(bits & 0x7C00) != 0x7C00] if fmt == "f16" else bits[(bits & 0x7F80) != 0x7F80]
+    rows = bits[np.random.default_rng(7).permutation(bits.size)[: n * k]].reshape(n, k)
+    if fmt == "f16":
+        w, values = Weight(fmt, (n, k), dev.tensor(rows.view(np.float16))), rows.view(np.float16)
+    else:
+        w, values = Weight(fmt, (n, k), dev.tensor(rows, dtype=tt.bf16)), tt.from_bf16_bits(rows)
+    out = poisoned(dev, (k, n))
+    linear(dev.tensor(np.eye(k, dtype=np.float32)), w, out=out)
+    want = values.astype(np.float32).T
+    got = out.numpy()
+    assert np.array_equal(got.view(np.uint32) & 0x7FFFFFFF, want.view(np.uint32) & 0x7FFFFFFF)
+    nonzero = want != 0  # a zero's sign may differ: x·(-0) summed with +0 products is +0
+    assert np.array_equal(np.signbit(got[nonzero]), np.signbit(want[nonzero]))
+
+
 @pytest.mark.parametrize("fmt", ["f16", pytest.param("q4_1", marks=pytest.mark.slow)])
 def test_linear_llama8b_shape(dev, rng, fmt):
     n, k = LLAMA8B["hidden"], LLAMA8B["inter"]

@@ -4,8 +4,8 @@ Decode (M = 1 … 16 rows of x) is memory-bound on W: each subgroup owns one out
 its lanes stride over W's row in chunks read with 16-byte vector loads (4 f32, 8 f16/bf16, or one
 32-element Q4 block of 16 bytes), decode them in registers, and accumulate one partial sum per x
 row; a subgroup reduction finishes each dot product. CPU OpenCL (PoCL, subgroups of one lane)
-gets its own "strip" kernels, shaped for how PoCL vectorizes: one work-item per output feature,
-SIMD within the work-item (gemv_strip_kernel, gemm_strip_kernel).
+gets its own kernel (matmul_cpu.row_matmul_kernel), shaped for how PoCL vectorizes: one work-item
+per output element, SIMD within the work-item.
 """
 
 from __future__ import annotations
