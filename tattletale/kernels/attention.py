@@ -16,6 +16,8 @@ import numpy as np
 import tattletale as tt
 from tattletale.runtimes import Tensor
 
+from .quant import cpu_simd
+
 NEG_INF = -float("inf")
 
 
@@ -225,11 +227,19 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tenso
         capacity = width * page_size
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     dev = q.device
+    out = out if out is not None else dev.empty(q.shape, tt.f32)
+    if cpu_simd(dev):  # one work-item per (query row, head), no splits: attention_cpu
+        from .attention_cpu import ROWS_PER_GROUP, cpu_attention_kernel
+
+        cpu_attention_kernel[(-(-bsz // ROWS_PER_GROUP), n_heads),
+                             (ROWS_PER_GROUP, 1)](
+            q, k_cache, v_cache, out, lengths, tables, width, n_heads, n_kv, window, scale,
+            q_stride or n_heads * d, bsz, 1, d, page_size, True)
+        return out
     sg = dev.caps.subgroup_size
     block = max(sg, min(128, 4 * sg)) if sg > 1 else 16
     n_splits = decode_splits(longest or capacity, chunk)
     part_o, part_ml = split_scratch(dev, partials, bsz * n_heads * n_splits, d)
-    out = out if out is not None else dev.empty(q.shape, tt.f32)
     decode_attention_kernel[(bsz * n_heads, n_splits), block](
         q, k_cache, v_cache, lengths, tables, part_o, part_ml, width, n_heads, n_kv, chunk, window,
         scale, q_stride or n_heads * d, d, block, page_size)
@@ -367,8 +377,16 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, n_kv: int, out: Tensor | 
     else:
         width = tables.shape[1]
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    bk = 16 if d > 64 else 32
     out = out if out is not None else dev.empty(q.shape, tt.f32)
+    if cpu_simd(dev):  # one work-item per (query row, head): attention_cpu
+        from .attention_cpu import ROWS_PER_GROUP, cpu_attention_kernel
+
+        cpu_attention_kernel[(work.shape[0] * PREFILL_BQ // ROWS_PER_GROUP, n_heads),
+                             (ROWS_PER_GROUP, 1)](
+            q, k, v, out, work, tables, width, n_heads, n_kv, window, scale,
+            q_stride or n_heads * d, 0, PREFILL_BQ, d, page_size, False)
+        return out
+    bk = 16 if d > 64 else 32
     rows = n_q - row_base  # the rows the work items cover: row_base … n_q − 1
     part_o, part_ml = split_scratch(dev, partials, rows * n_heads * splits, d) if splits > 1 \
         else (out, out)

@@ -20,23 +20,25 @@ BLOCK = 256
 @tt.kernel
 def rope_kernel(x: tt.Buffer, pos: tt.Buffer[tt.i32], inv_freq: tt.Buffer[tt.f32], n_tokens: tt.i32,
                 n_heads: tt.i32, head_dim: tt.i32, row_stride: tt.i32, NEOX: tt.constexpr):
-    """One thread per (token, head, pair). Token t's heads start at x[t * row_stride]."""
+    """One thread per (token, pair), rotating that pair in every head: the angle's cosine and sine
+    are computed once for all heads (on CPUs they are most of the kernel's time). Token t's heads
+    start at x[t * row_stride]."""
     i = tt.global_id(0)
     half = head_dim // 2
-    if i < n_tokens * n_heads * half:
+    if i < n_tokens * half:
         p = i % half
-        h = (i // half) % n_heads
-        t = i // (half * n_heads)
-        base = t * row_stride + h * head_dim
-        a = base + p if NEOX else base + 2 * p
-        b = a + half if NEOX else a + 1
+        t = i // half
         angle = tt.f32(pos[t]) * inv_freq[p]
         c = tt.cos(angle)
         s = tt.sin(angle)
-        x0 = tt.f32(x[a])
-        x1 = tt.f32(x[b])
-        x[a] = x0 * c - x1 * s
-        x[b] = x0 * s + x1 * c
+        for h in range(n_heads):
+            base = t * row_stride + h * head_dim
+            a = base + p if NEOX else base + 2 * p
+            b = a + half if NEOX else a + 1
+            x0 = tt.f32(x[a])
+            x1 = tt.f32(x[b])
+            x[a] = x0 * c - x1 * s
+            x[b] = x0 * s + x1 * c
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
@@ -69,7 +71,7 @@ def rope_(x: Tensor, positions: Tensor, inv_freq: Tensor, n_heads: int, head_dim
     and k can be views into a fused qkv projection)."""
     n_tokens = positions.size
     stride = row_stride if row_stride is not None else n_heads * head_dim
-    total = n_tokens * n_heads * (head_dim // 2)
+    total = n_tokens * (head_dim // 2)
     rope_kernel[(total + BLOCK - 1) // BLOCK, BLOCK](x, positions, inv_freq, n_tokens, n_heads,
                                                       head_dim, stride, neox)
     return x
