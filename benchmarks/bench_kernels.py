@@ -1,8 +1,10 @@
 """Kernel library benchmark: GEMV at decode shapes, GEMM at 4096³, decode attention at 4K/32K.
 
-GEMV bandwidth counts the weight bytes as stored (quantized bytes for Q4_1/Q8_0) over the device
-time, next to the device's copy bandwidth measured in the same run (cuMemcpyDtoD on CUDA; numpy's
-f32 GEMV time-for-bytes on a CPU device) and torch's matmul on CUDA. GEMM is compared with
+GEMV bandwidth counts the weight bytes as stored (quantized bytes and f16 scales for Q4_1/Q8_0)
+over the device time per launch, next to the device's copy bandwidth measured in the same run
+(cuMemcpyDtoD on CUDA; numpy's f32 GEMV time-for-bytes on a CPU device) and torch's matmul on
+CUDA. GEMV launches run back to back between two events, cycling over copies of the weight larger
+together than the L2 cache (stream_ms, rotated), for torch too. GEMM is compared with
 torch.matmul (cuBLAS) on the same shapes and 16-bit types, in the same process. Decode attention
 bandwidth counts the K and V bytes read.
 
@@ -39,6 +41,69 @@ def copy_bandwidth(dev, nbytes: int) -> tuple[str, float]:
     return "numpy copy", 2 * nbytes / host_ms(lambda: np.copyto(b, a)) / 1e6
 
 
+L2_BYTES = 64 << 20  # at least the last-level cache of the GPUs measured (H200: 60 MB)
+
+
+def rotated(dev, w: Weight, min_bytes: int = 4 * L2_BYTES) -> list[Weight]:
+    """w and copies of it, together at least min_bytes, so that timing loops which cycle over
+    them read device memory rather than the cache."""
+    out = [w]
+    arrays = [(t.numpy(), t.dtype) if t is not None else None for t in (w.data, w.scales, w.mins)]
+    while len(out) * w.nbytes < min_bytes:
+        t = [dev.tensor(a, dtype=dt) if a is not None else None for a, dt in
+             (x if x is not None else (None, None) for x in arrays)]
+        out.append(Weight(w.fmt, w.shape, t[0], t[1], t[2]))
+    return out
+
+
+def stream_ms(dev, fn, items: list, launches: int = 40, reps: int = 5) -> float:
+    """Device time per call of fn(item), over `launches` calls run back to back between two events
+    (cycling over items), median of `reps` such runs after 20 ms of the same launches (clocks up):
+    the launches queue up behind each other as in a recorded decode step, so host-side launch
+    cost stays out of the number."""
+    warm = 0.0  # until the clocks have risen: 20 ms of launches
+    for _ in range(50):
+        start = dev.event()
+        for i in range(launches):
+            fn(items[i % len(items)])
+        warm += start.elapsed_ms(dev.event())
+        if warm > 20:
+            break
+    times = []
+    for _ in range(reps):
+        start = dev.event()
+        for i in range(launches):
+            fn(items[i % len(items)])
+        end = dev.event()
+        times.append(start.elapsed_ms(end) / launches)
+    return float(np.median(times))
+
+
+def torch_stream_ms(torch, fn, items: list, launches: int = 40, reps: int = 5) -> float:
+    """stream_ms for torch on its current stream."""
+    warm = 0.0
+    for _ in range(50):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for i in range(launches):
+            fn(items[i % len(items)])
+        e.record()
+        e.synchronize()
+        warm += s.elapsed_time(e)
+        if warm > 20:
+            break
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for i in range(launches):
+            fn(items[i % len(items)])
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / launches)
+    return float(np.median(times))
+
+
 def random_weight(dev, n: int, k: int, fmt: str, rng) -> Weight:
     """A random weight of the given format, built on the host without quantizing (fast)."""
     if fmt in ("f32", "f16", "bf16"):
@@ -55,28 +120,33 @@ def bench_gemv(dev, rng, quick: bool) -> list[str]:
     name, copy_bw = copy_bandwidth(dev, 1 << 30 if dev.backend == "cuda" else 1 << 27)
     rows.append(f"| {dev.backend} | copy bandwidth ({name}) | | {copy_bw:.0f} GB/s | | |")
     torch = torch_cuda() if dev.backend == "cuda" else None
-    fmts = ["f16", "bf16", "q4_1", "q8_0", "f32"]
-    for n, k in GEMV_SHAPES[:1] if quick else GEMV_SHAPES:
+    cases = [(n, k, f) for n, k in (GEMV_SHAPES[:1] if quick else GEMV_SHAPES)
+             for f in ("f16", "bf16", "q4_1", "q8_0", "f32")]
+    if not quick:
+        cases += [(128256, 4096, f) for f in ("bf16", "q4_1", "q8_0")]  # Llama-3 8B lm_head
+    for n, k, fmt in cases:
         x = dev.tensor(rng.standard_normal((1, k), dtype=np.float32))
         out = dev.empty((1, n), tt.f32)
-        for fmt in fmts:
-            w = random_weight(dev, n, k, fmt, rng)
-            ms = device_ms(dev, lambda w=w: linear(x, w, out=out))
-            bw = w.nbytes / ms / 1e6
-            peer = ""
-            if torch is not None and fmt in ("f16", "bf16"):
-                dt = torch.float16 if fmt == "f16" else torch.bfloat16
-                tw = torch.randn(n, k, device="cuda", dtype=dt)
-                tx = torch.randn(1, k, device="cuda", dtype=dt)
-                tms = torch_ms(torch, lambda: tx @ tw.T)
-                peer = f"torch {w.nbytes / tms / 1e6:.0f} GB/s"
-            elif dev.backend != "cuda" and fmt == "f32":
-                wn = rng.standard_normal((n, k), dtype=np.float32)
-                xn = rng.standard_normal(k, dtype=np.float32)
-                nms = host_ms(lambda: wn @ xn)
-                peer = f"numpy f32 {wn.nbytes / nms / 1e6:.1f} GB/s"
-            rows.append(f"| {dev.backend} | GEMV M=1 {fmt} | N={n} K={k} | {ms * 1e3:.0f} µs | "
-                        f"{bw:.0f} GB/s ({bw / copy_bw:.0%} of copy) | {peer} |")
+        ws = rotated(dev, random_weight(dev, n, k, fmt, rng)) if dev.backend == "cuda" else \
+            [random_weight(dev, n, k, fmt, rng)]
+        ms = stream_ms(dev, lambda w: linear(x, w, out=out), ws)
+        bw = ws[0].nbytes / ms / 1e6
+        peer = ""
+        if torch is not None and fmt in ("f16", "bf16"):
+            dt = torch.float16 if fmt == "f16" else torch.bfloat16
+            tws = [torch.randn(n, k, device="cuda", dtype=dt) for _ in ws]
+            tx = torch.randn(1, k, device="cuda", dtype=dt)
+            tms = torch_stream_ms(torch, lambda tw: tx @ tw.T, tws)
+            peer = f"torch {ws[0].nbytes / tms / 1e6:.0f} GB/s ({ws[0].nbytes / tms / 1e6 / copy_bw:.0%})"
+            del tws
+        elif dev.backend != "cuda" and fmt == "f32":
+            wn = rng.standard_normal((n, k), dtype=np.float32)
+            xn = rng.standard_normal(k, dtype=np.float32)
+            nms = host_ms(lambda: wn @ xn)
+            peer = f"numpy f32 {wn.nbytes / nms / 1e6:.1f} GB/s"
+        del ws
+        rows.append(f"| {dev.backend} | GEMV M=1 {fmt} | N={n} K={k} | {ms * 1e3:.1f} µs | "
+                    f"{bw:.0f} GB/s ({bw / copy_bw:.0%} of copy) | {peer} |")
     return rows
 
 

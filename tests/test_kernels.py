@@ -194,6 +194,25 @@ def test_linear_llama8b_shape(dev, rng, fmt):
     assert rel_err(out.numpy(), x.astype(np.float64) @ reference_weight(w, fmt).T) < 1e-5
 
 
+GEMV_SETTINGS = [dict(lanes=4, unroll=4, rows=3, pipe=True, dec="magic"),
+                 dict(unroll=1, rows=1, pipe=False, dec="int"),
+                 dict(lanes=8, unroll=2, rows=4, pipe=True, dec="f16")]
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "q4_1", "q8_0", "q4_0"])
+@pytest.mark.parametrize("setting", range(len(GEMV_SETTINGS)))
+def test_gemv_settings(dev, rng, fmt, setting):
+    """gemv_kernel under its tuning knobs (lane groups smaller than a subgroup, unrolled steps
+    with a remainder, rows past N, the three block decoders, double buffering), 3 rows of x;
+    K = 1568 leaves a remainder after the unrolled steps for every lane count."""
+    n, k, m = 37, 1568, 3
+    w = (rng.standard_normal((n, k)) / math.sqrt(k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    out = poisoned(dev, (m, n))
+    linear(dev.tensor(x), Weight.from_array(dev, w, fmt), out=out, **GEMV_SETTINGS[setting])
+    assert rel_err(out.numpy(), x.astype(np.float64) @ reference_weight(w, fmt).T) < 1e-5
+
+
 def reference_attention(q, k, v, first_pos, window=0):
     """q [T, H, D] at absolute positions first_pos…; k, v [S, KV, D]; causal, float64."""
     n_q, n_heads, d = q.shape
