@@ -79,13 +79,14 @@ def row_matmul_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer, scales: tt.Buffer, min
                       FMT: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr):
     """y[m, n] = x[m, :] · W[n, :] for CPU OpenCL: work-item (m, n) walks row n of W with VL partial
     sums. The row index m is the fastest-varying group index, so a block of W, once decoded into
-    the cache, serves every row of x in turn. Rows are separate work-items on purpose: decoding W
-    is most of the work, but every way tried of sharing a decoded step between 2-8 rows in one
-    work-item ran 1.5-3x slower than as many one-row walks (the vectorizer regrouped the partial
-    sums into gathers, fell back to scalar code past 64 of them, or, given a loop, chose 8-wide
-    vectors), and a strip GEMM that did share it (a work-item per feature, 32 rows as two vector
-    registers) reached a third to half of this kernel's rate at 64 rows. The loop bound depends on
-    the work-item so PoCL keeps the loop inside it (see the module docstring)."""
+    the cache, serves every row of x in turn. Rows are separate work-items on purpose: every way
+    tried in the DSL of sharing a decoded step between 2-8 rows in one work-item ran 1.5-3x
+    slower than as many one-row walks (the vectorizer regrouped the partial sums into gathers,
+    fell back to scalar code past 64 of them, or, given a loop, chose 8-wide vectors); the best
+    hand-written OpenCL C of it (4 rows, a 2-D accumulator array) ran only 0.95-1.3x this kernel
+    at 4-64 rows, and a strip GEMM (a work-item per feature, 32 rows as two vector registers)
+    reached a third to half of its rate at 64 rows. The loop bound depends on the work-item so
+    PoCL keeps the loop inside it (see the module docstring)."""
     VL = 16 if FMT == "q4_0" or FMT == "q4_1" else 32  # partial sums (Q4: low and high nibbles meet)
     NC = K // STEP
     m = tt.group_id(0)
