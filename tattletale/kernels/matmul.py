@@ -1,9 +1,11 @@
 """y = x @ W.T (+ bias) (+ residual), with W in any of the weight formats of quant.py.
 
-Decode (M = 1 … 16 rows of x) is memory-bound on W: each subgroup owns one output feature n,
-its lanes stride over W's row in chunks read with 16-byte vector loads (4 f32, 8 f16/bf16, or one
-32-element Q4 block of 16 bytes), decode them in registers, and accumulate one partial sum per x
-row; a subgroup reduction finishes each dot product. CPU OpenCL (PoCL, subgroups of one lane)
+Decode (M = 1 … 16 rows of x) is memory-bound on W: a group of lanes (a subgroup, or part of one
+for short rows) owns ROWS output features, its lanes stride over W's rows in chunks read with
+16-byte vector loads (4 f32, 8 f16/bf16, one 32-element Q4 block or half a Q8 block), several
+chunks' loads in flight before any is used; chunks are decoded in registers (the block formats
+exactly, by one of three decoders) and accumulated per x row; shuffles or a subgroup reduction
+finish each dot product. CPU OpenCL (PoCL, subgroups of one lane)
 gets its own kernel (matmul_cpu.row_matmul_kernel), shaped for how PoCL vectorizes: one work-item
 per output element, SIMD within the work-item.
 """
