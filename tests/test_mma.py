@@ -1,11 +1,14 @@
-"""tt.mma, its fragments and tt.async_copy, and the GEMM built on them, on every conformance backend.
+"""tt.mma, tt.wgmma, their fragments and tt.async_copy, and the GEMMs built on them, on every
+conformance backend.
 
-CUDA runs them on the tensor cores (ldmatrix, mma.sync, cp.async); every other backend through
-the portable lowering of codegen/mma.py. References are float64 numpy on fresh random inputs;
-outputs start poisoned (NaN) so unwritten elements fail.
+CUDA runs them on the tensor cores (ldmatrix, mma.sync, cp.async; wgmma on sm_90a); every other
+backend, and tt.wgmma before sm_90a, through the portable lowering of codegen/mma.py. References
+are float64 numpy on fresh random inputs; outputs start poisoned (NaN) so unwritten elements fail.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -168,6 +171,14 @@ def test_gemm_odd_shapes(dev, rng, dt, m, n, k, stages):
     close(read(out), x @ w.T + bias + res, np.abs(x) @ np.abs(w).T + np.abs(bias) + np.abs(res))
 
 
+def test_gemm_copies_not_dividing_threads(dev, rng):
+    """Three subgroups: a W tile's 16-byte copies do not divide among the threads, so the last
+    round of copies is partial (and must not be dropped)."""
+    sg = dev.caps.subgroup_size
+    cfg = GemmConfig(48, 32, 32, 3, 1, 2) if sg < 32 else GemmConfig(96, 64, 32, 3, 1, 3)
+    gemm_check(dev, rng, tt.f16, 100, 70, 96, cfg)
+
+
 @pytest.mark.parametrize("xt", [tt.f32, tt.f16], ids=str)
 @pytest.mark.parametrize("dt", HALVES, ids=str)
 def test_gemm_activations_split_into_parts(dev, rng, xt, dt):
@@ -208,6 +219,129 @@ def test_gemm_split_k_fused_parts(dev, rng, splits, in_place):
 
 
 @tt.kernel
+def wgmma_tiles(a: tt.Buffer, b: tt.Buffer, c: tt.Buffer[tt.f32], DT: tt.constexpr, W: tt.constexpr,
+                N: tt.constexpr, KB: tt.constexpr):
+    """c = A @ B.T for A = a [64, KB·W] and B = b [N, KB·W], by one warpgroup with tt.wgmma: K
+    block t of A (B) sits in rows 8 + 64t (16 + Nt) of a swizzled shared array with rows of W
+    elements, written by ordinary stores, so the tiles start at row offsets and the swizzle of
+    every row matters."""
+    K = KB * W
+    sa = tt.shared((8 + KB * 64, W), DT, swizzle=True)
+    sb = tt.shared((16 + KB * N, W), DT, swizzle=True)
+    for i in range(tt.local_id(0), 64 * K, tt.local_size(0)):
+        k = i % K
+        sa[8 + k // W * 64 + i // K, k % W] = a[i]
+    for i in range(tt.local_id(0), N * K, tt.local_size(0)):
+        k = i % K
+        sb[16 + k // W * N + i // K, k % W] = b[i]
+    tt.barrier()
+    acc = tt.wgmma_zeros(N)
+    for t in tt.static_range(KB):
+        for kk in tt.static_range(0, W, 16):
+            tt.wgmma(acc, sa, (8 + t * 64, kk), sb, (16 + t * N, kk))
+    tt.wgmma_commit()
+    tt.wgmma_wait(0)
+    for e in range(len(acc)):
+        r, col = tt.wgmma_coord(e)
+        c[r * N + col] = acc[e]
+
+
+@pytest.mark.parametrize("dt,w,n,kb", [(tt.f16, 64, 32, 1), (tt.bf16, 32, 48, 2), (tt.bf16, 16, 16, 2),
+                                       (tt.bf16, 64, 256, 2), (tt.f16, 32, 128, 2)], ids=str)
+def test_wgmma_tiles(dev, rng, dt, w, n, kb):
+    """Every swizzle width (rows of 128, 64, 32 bytes), accumulators of 16 … 256 columns."""
+    if n > 48 and dev.backend != "cuda":
+        pytest.skip("tiles past the shared memory of the portable targets")
+    k = kb * w
+    a = round_to(rng.standard_normal((64, k)), dt).astype(np.float64)
+    b = round_to(rng.standard_normal((n, k)), dt).astype(np.float64)
+    c = poisoned(dev, (64, n), tt.f32)
+    wgmma_tiles[1, 4 * dev.caps.subgroup_size](upload(dev, a, dt), upload(dev, b, dt), c, dt, w, n, kb)
+    close(read(c), a @ b.T, np.abs(a) @ np.abs(b).T)
+
+
+def gemm_check(dev, rng, dt, m, n, k, cfg, xt=None, bias_res=True):
+    """gemm with a bias and a residual (or neither) against float64, x of xt (default dt)."""
+    xt = xt or dt
+    x = round_to(rng.standard_normal((m, k)), xt).astype(np.float64)
+    w = round_to(rng.standard_normal((n, k)), dt).astype(np.float64)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    out = poisoned(dev, (m, n), tt.f32)
+    extra = dict(bias=dev.tensor(bias), residual=dev.tensor(res)) if bias_res else {}
+    gemm(upload(dev, x, xt), upload(dev, w, dt), out, config=cfg, **extra)
+    ref, scale = x @ w.T, np.abs(x) @ np.abs(w).T
+    if bias_res:
+        ref, scale = ref + bias + res, scale + np.abs(bias) + np.abs(res)
+    close(read(out), ref, scale)
+
+
+WGMMA_PORTABLE = [GemmConfig(64, 32, 16, 1, 1, 3, wgmma=True),  # one warpgroup, 32-byte rows
+                  GemmConfig(64, 32, 16, 1, 2, 4, wgmma=True),  # two along N, 16 columns each
+                  GemmConfig(128, 16, 16, 1, 1, 3, wgmma=True),  # two accumulators along M
+                  GemmConfig(64, 32, 32, 1, 1, 3, wgmma=True, persistent=True),  # tiles in a loop
+                  GemmConfig(192, 32, 16, 3, 1, 3, wgmma=True)]  # three warpgroups
+WGMMA_CUDA = [GemmConfig(128, 128, 64, 2, 1, 3, wgmma=True), GemmConfig(128, 64, 64, 1, 2, 4, wgmma=True),
+              GemmConfig(128, 256, 64, 2, 1, 4, wgmma=True),
+              GemmConfig(128, 64, 32, 1, 1, 5, wgmma=True, persistent=True),
+              GemmConfig(192, 128, 64, 3, 1, 3, wgmma=True)]
+
+
+@pytest.mark.parametrize("cfg", range(5), ids=["1x1", "1x2", "fm2", "persistent", "3x1"])
+@pytest.mark.parametrize("dt", HALVES, ids=str)
+@pytest.mark.parametrize("m,n,k", [(37, 45, 72), (150, 70, 200), (16, 130, 40)])
+def test_gemm_wgmma_odd_shapes(dev, rng, dt, m, n, k, cfg):
+    """The warpgroup GEMM: tails in every dimension, K over more steps than stages."""
+    configs = WGMMA_CUDA if dev.backend == "cuda" else WGMMA_PORTABLE
+    gemm_check(dev, rng, dt, m, n, k, configs[cfg])
+
+
+def test_gemm_wgmma_persistent_many_tiles(dev, rng):
+    """More tiles than workgroups (one per multiprocessor; one on devices that report none): the
+    K steps of a workgroup's tiles run as one pipeline, the next tile's copies crossing a tile's
+    stores."""
+    cfg, (m, n, k) = WGMMA_PORTABLE[3], (150, 100, 72)
+    if dev.backend == "cuda":
+        cfg, (m, n, k) = WGMMA_CUDA[3], (1500, 900, 200)
+    gemm_check(dev, rng, tt.f16, m, n, k, cfg, bias_res=False)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_gemm_wgmma_parts_split_k(dev, rng, splits):
+    """f32 activations in three bf16 parts (three passes over K), split along K into f32."""
+    cfg = WGMMA_CUDA[0] if dev.backend == "cuda" else WGMMA_PORTABLE[0]
+    gemm_check(dev, rng, tt.bf16, 21, 70, 7 * cfg.bk - 8, replace(cfg, splits=splits), xt=tt.f32)
+
+
+def test_wgmma_cuda_source_compiles_for_sm90a():
+    """The Hopper lowering assembles (NVRTC runs ptxas for a cubin; no GPU needed): warpgroup
+    products, descriptors, fences and the swizzled copies of the default 128 × 256 tiles."""
+    from harness import nvrtc_device
+
+    from tattletale.codegen import Caps, render
+    from tattletale.kernels.gemm import CUDA_WGMMA_CONFIG as c
+    from tattletale.kernels.gemm import gemm_wgmma_kernel
+    from tattletale.runtimes.cuda import nvrtc_compile
+
+    try:
+        nvrtc_device()
+    except Exception as exc:
+        pytest.skip(f"no NVRTC: {exc}")
+    caps = Caps("cuda", 32, True, True, "sm_90a")
+    spec = dict(x=tt.bf16, w=tt.bf16, bias=tt.f32, residual=tt.f32, y=tt.f32, DT=tt.bf16, PARTS=3,
+                BM=c.bm, BN=c.bn, BK=c.bk, WM=c.wm, WN=c.wn, STAGES=c.stages, GROUP_M=8,
+                HAS_BIAS=True, HAS_RESIDUAL=True, SPLIT=True)
+    gen = render("cuda", gemm_wgmma_kernel.lower(gemm_wgmma_kernel.key_from_kwargs(spec), 32), caps)
+    assert "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16" in gen.text
+    assert gen.shared_bytes == c.shared_bytes()
+    assert nvrtc_compile(gen, "sm_90a")
+    for w in (16, 32, 64):
+        spec = dict(a=tt.f16, b=tt.f16, DT=tt.f16, W=w, N=48, KB=2)
+        gen = render("cuda", wgmma_tiles.lower(wgmma_tiles.key_from_kwargs(spec), 32), caps)
+        assert nvrtc_compile(gen, "sm_90a")
+
+
+@tt.kernel
 def misuse(a: tt.Buffer[tt.f16], c: tt.Buffer[tt.f32], WHAT: tt.constexpr):
     s = tt.shared((16, 24), tt.f16)
     s32 = tt.shared((16, 16), tt.f32)
@@ -228,6 +362,24 @@ def misuse(a: tt.Buffer[tt.f16], c: tt.Buffer[tt.f32], WHAT: tt.constexpr):
         acc = acc + 1.0
     elif WHAT == "bytes":
         tt.async_copy(s, (0, 0), a, 0, 3)
+    elif WHAT.startswith("wg"):
+        sw = tt.shared((64, 64), tt.f16, swizzle=True)
+        wacc = tt.wgmma_zeros(32)
+        if WHAT == "wg-plain":
+            tt.wgmma(wacc, s, (0, 0), sw, (0, 0))
+        elif WHAT == "wg-row":
+            tt.wgmma(wacc, sw, (4, 0), sw, (0, 0))
+        elif WHAT == "wg-col":
+            tt.wgmma(wacc, sw, (0, 8), sw, (0, 0))
+        elif WHAT == "wg-acc":
+            tt.wgmma(acc, sw, (0, 0), sw, (0, 0))
+        elif WHAT == "wg-ldsm":
+            tt.mma_load_a(sw, 0, 0)
+        elif WHAT == "wg-n":
+            tt.wgmma_zeros(40)
+        elif WHAT == "wg-shape":
+            tt.shared((64, 48), tt.f16, swizzle=True)
+        c[2] = wacc[0]
     c[1] = acc[0]
 
 
@@ -240,6 +392,13 @@ def misuse(a: tt.Buffer[tt.f16], c: tt.Buffer[tt.f32], WHAT: tt.constexpr):
     ("opaque", "operand fragments are opaque"),
     ("arith", "needs a scalar, got fragment[acc, f32]"),
     ("bytes", "moves 4, 8 or 16 bytes"),
+    ("wg-plain", "reads A from a swizzled shared array"),
+    ("wg-row", "must start at a multiple of 8"),
+    ("wg-col", "must start at a multiple of 16"),
+    ("wg-acc", "is a warpgroup accumulator (from tt.wgmma_zeros)"),
+    ("wg-ldsm", "reads unswizzled arrays"),
+    ("wg-n", "a multiple of 16 up to 256"),
+    ("wg-shape", "rows 32, 64 or 128 bytes"),
 ])
 def test_misuse_is_a_compile_error_at_the_line(what, message):
     with pytest.raises(tt.CompileError) as info:

@@ -29,12 +29,20 @@ def native_mma(target: str, caps: Caps) -> bool:
     return getattr(_module(target), "native_mma", lambda caps: False)(caps)
 
 
+def native_wgmma(target: str, caps: Caps) -> bool:
+    """Whether the target prints `tt.wgmma` to the device's warpgroup matrix instructions (CUDA on
+    sm_90a); elsewhere a kernel using it goes through the portable lowering as a whole."""
+    return getattr(_module(target), "native_wgmma", lambda caps: False)(caps)
+
+
 def render(target: str, kernel: ir.Kernel, caps: Caps) -> Generated:
-    if kernel.features & {"mma", "async_copy"} and not native_mma(target, caps):
+    native = native_mma(target, caps) and ("wgmma" not in kernel.features or
+                                           native_wgmma(target, caps))
+    if kernel.features & {"mma", "async_copy", "wgmma"} and not native:
         from .mma import lower
 
         kernel = lower(kernel, caps.subgroup_size)
     return _module(target).render(kernel, caps)
 
 
-__all__ = ["Caps", "Generated", "TARGETS", "default_caps", "native_mma", "render"]
+__all__ = ["Caps", "Generated", "TARGETS", "default_caps", "native_mma", "native_wgmma", "render"]

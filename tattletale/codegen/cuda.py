@@ -80,6 +80,7 @@ class CudaGenerated(Generated):
 
 _FRAG_TYPES = {"a": "tt_frag16", "b": "tt_frag16", "acc": "tt_frag32"}
 STATIC_SHARED_LIMIT = 48 * 1024
+SWIZZLE_ALIGN = 1024  # swizzled shared arrays start at multiples of the 128-byte swizzle's 8 rows
 
 
 def _mma_helpers() -> dict[str, str]:
@@ -87,7 +88,7 @@ def _mma_helpers() -> dict[str, str]:
     h = {
         "tt_frag16": "struct tt_frag16 { unsigned r[4]; };",
         "tt_frag32": "struct tt_frag32 { float v[8]; };",
-        "tt_smem": "extern __shared__ __align__(16) unsigned char tt_smem[];",
+        "tt_smem": "extern __shared__ __align__(1024) unsigned char tt_smem[];",
         "tt_mma_zero": f"{fi} tt_frag32 tt_mma_zero() {{ tt_frag32 c; "
                        f"for (int i = 0; i < 8; i++) c.v[i] = 0.0f; return c; }}",
         "tt_cp_async_commit": f'{fi} void tt_cp_async_commit() {{ asm volatile("cp.async.commit_group;" '
@@ -132,6 +133,54 @@ def _mma_helpers() -> dict[str, str]:
     return h
 
 
+# Warpgroup products (tt.wgmma, sm_90a). An accumulator of n columns is n / 2 floats per lane in
+# wgmma's register order: register 4i + 2h + p of warp q holds row 16q + lane / 4 + 8h, column
+# 8i + 2 (lane % 4) + p. Element e of the DSL's layout (codegen/mma.py: 16-column tiles of the
+# mma.sync layout side by side) is register e with bits 1 and 2 swapped.
+_SWIZZLE_MODES = {128: 1, 64: 2, 32: 3}  # the descriptor's layout type for rows of W bytes
+
+
+def _wgmma_reg(e: int) -> int:
+    return e & ~6 | (e & 2) << 1 | (e & 4) >> 1
+
+
+def _wgmma_helpers() -> dict[str, str]:
+    fi = "__device__ __forceinline__"
+    h = {}
+    for w, mode in _SWIZZLE_MODES.items():
+        # start address, leading offset (unused for K-major swizzled tiles), stride between 8-row
+        # groups (8 rows of w bytes), all in 16-byte units; the swizzle mode in bits 62-63
+        h[f"tt_wgmma_desc{w}"] = (
+            f"{fi} unsigned long long tt_wgmma_desc{w}(const void* p) {{ "
+            f"unsigned a = (unsigned)__cvta_generic_to_shared(p); "
+            f"return (unsigned long long)((a & 0x3ffffu) >> 4) | (1ull << 16) | "
+            f"({8 * w // 16}ull << 32) | ({mode}ull << 62); }}")
+    for n in range(16, 257, 16):
+        regs = n // 2
+        h[f"tt_wgacc{n}"] = f"struct tt_wgacc{n} {{ float v[{regs}]; }};"
+        h[f"tt_wgacc{n}_zero"] = (f"{fi} tt_wgacc{n} tt_wgacc{n}_zero() {{ tt_wgacc{n} c; "
+                                  f"for (int i = 0; i < {regs}; i++) c.v[i] = 0.0f; return c; }}")
+        outs = ", ".join(f'"+f"(c.v[{i}])' for i in range(regs))
+        # after wgmma.wait_group: the compiler must not move reads of the registers above it
+        h[f"tt_wgacc{n}_pin"] = (f'{fi} void tt_wgacc{n}_pin(tt_wgacc{n}& c) '
+                                 f'{{ asm volatile("" : {outs} :: "memory"); }}')
+        regs_list = ", ".join(f"%{i}" for i in range(regs))
+        for t in ("f16", "bf16"):
+            # c = A B + (accumulate ? c : 0): wgmma's scale-d predicate
+            h[f"tt_wgmma_{t}_n{n}"] = (
+                f"{fi} void tt_wgmma_{t}_n{n}(tt_wgacc{n}& c, unsigned long long a, unsigned long long b, "
+                f'int accumulate) {{ asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{regs + 2}, 0; '
+                f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} "
+                f'{{{regs_list}}}, %{regs}, %{regs + 1}, p, 1, 1, 0, 0; }}" : {outs} : "l"(a), "l"(b), '
+                f'"r"(accumulate)); }}')
+    return h
+
+
+def native_wgmma(caps: Caps) -> bool:
+    """wgmma.mma_async exists on sm_90a (compute_90a) alone."""
+    return caps.arch in ("sm_90a", "compute_90a")
+
+
 def native_mma(caps: Caps) -> bool:
     """mma.sync with bf16, ldmatrix and cp.async need sm_80 (compute_80) or later."""
     digits = re.sub(r"\D", "", caps.arch)
@@ -171,8 +220,10 @@ class CudaPrinter(CPrinter):
         ("f64", "u64"): "(unsigned long long)__double_as_longlong",
         ("i64", "f64"): "__longlong_as_double", ("u64", "f64"): "__longlong_as_double",
     }
-    helpers = {**_fp16_helpers(), **_warp_reduce_helpers(), **_mma_helpers()}
+    helpers = {**_fp16_helpers(), **_warp_reduce_helpers(), **_mma_helpers(), **_wgmma_helpers()}
     helper_deps = {
+        **{f"tt_wgacc{n}_{f}": (f"tt_wgacc{n}",) for n in range(16, 257, 16) for f in ("zero", "pin")},
+        **{f"tt_wgmma_{t}_n{n}": (f"tt_wgacc{n}",) for n in range(16, 257, 16) for t in ("f16", "bf16")},
         "tt_ldsm": ("tt_frag16",), "tt_ldsm_t": ("tt_frag16",), "tt_mma_zero": ("tt_frag32",),
         **{f"tt_mma_load_{u}": ("tt_linear_tid", "tt_ldsm_t" if u == "b" else "tt_ldsm")
            for u in ("a", "b", "bt")},
@@ -186,13 +237,17 @@ class CudaPrinter(CPrinter):
         super().__init__(kernel, caps)
         shared = [v for v in kernel.locals
                   if isinstance(v.type, T.ArrayType) and v.type.space == "shared"]
-        sizes = [-(-v.type.size * v.type.elem.itemsize // 16) * 16 for v in shared]
-        self.shared_bytes = sum(sizes) if sum(sizes) > STATIC_SHARED_LIMIT else 0
         self.shared_offsets: dict[int, int] = {}
         offset = 0
-        for v, size in zip(shared, sizes):
+        for v in shared:  # swizzled arrays start at 1024 bytes (the hardware swizzles addresses)
+            align = SWIZZLE_ALIGN if v.type.swizzle else 16
+            offset = -(-offset // align) * align
             self.shared_offsets[id(v)] = offset
-            offset += size
+            offset += -(-v.type.size * v.type.elem.itemsize // 16) * 16
+        self.shared_bytes = offset if offset > STATIC_SHARED_LIMIT else 0
+        self.wgaccs = [v for v in kernel.locals if isinstance(getattr(v.type, "elem", v.type),
+                                                              T.FragmentType)
+                       and getattr(v.type, "elem", v.type).use == "wgacc"]
 
     def render(self) -> CudaGenerated:
         gen = super().render()
@@ -200,7 +255,7 @@ class CudaPrinter(CPrinter):
 
     def vtype(self, t: T.Type) -> str:
         if isinstance(t, T.FragmentType):
-            return self.need(_FRAG_TYPES[t.use])
+            return self.need(f"tt_wgacc{t.n}" if t.use == "wgacc" else _FRAG_TYPES[t.use])
         return super().vtype(t)
 
     def local_decl(self, v: ir.Var) -> str:
@@ -212,7 +267,8 @@ class CudaPrinter(CPrinter):
             if self.shared_bytes:
                 smem = self.need("tt_smem")
                 return f"{st}* {self.name(v)} = ({st}*)({smem} + {self.shared_offsets[id(v)]});"
-            return f"__shared__ __align__(16) {st} {self.name(v)}[{t.size}];"
+            align = SWIZZLE_ALIGN if t.swizzle else 16
+            return f"__shared__ __align__({align}) {st} {self.name(v)}[{t.size}];"
         return super().local_decl(v)
 
     def load(self, var: ir.Var, index: str) -> str:
@@ -226,6 +282,11 @@ class CudaPrinter(CPrinter):
         return super().store(var, index, value)
 
     def e_FragElem(self, e: ir.FragElem) -> str:
+        if e.frag.type.use == "wgacc":  # the DSL's element order → wgmma's register order
+            if isinstance(e.index, ir.Const):
+                return f"{self.expr(e.frag)}.v[{_wgmma_reg(e.index.value)}]"
+            i = self.expr(e.index)
+            return f"{self.expr(e.frag)}.v[({i} & ~6) | (({i} & 2) << 1) | (({i} & 4) >> 1)]"
         return f"{self.expr(e.frag)}.v[{self.expr(e.index)}]"
 
     def e_MmaLoad(self, e: ir.MmaLoad) -> str:
@@ -239,7 +300,44 @@ class CudaPrinter(CPrinter):
         return f"{fn}({self.expr(e.a)}, {self.expr(e.b)}, {self.expr(e.c)})"
 
     def e_MmaZero(self, e: ir.MmaZero) -> str:
+        if e.use == "wgacc":
+            return f"{self.need(f'tt_wgacc{e.n}_zero')}()"
         return f"{self.need('tt_mma_zero')}()"
+
+    def block(self, body: list[ir.Stmt], depth: int) -> None:
+        """Statements; each run of consecutive tt.wgmma starts with wgmma.fence (the accumulator
+        registers may have been touched by other instructions since the last run)."""
+        after_wgmma = False
+        for s in body:
+            if isinstance(s, ir.Wgmma) and not after_wgmma:
+                self.annotate(s, depth)
+                self.line('asm volatile("wgmma.fence.sync.aligned;" ::: "memory");', depth)
+            after_wgmma = isinstance(s, ir.Wgmma)
+            self.stmt(s, depth)
+
+    def wgmma(self, s: ir.Wgmma, depth: int) -> None:
+        n, t = s.acc.type.n, s.a.type.elem.name
+        descs = []
+        for var, row, col in ((s.a, s.a_row, s.a_col), (s.b, s.b_row, s.b_col)):
+            # the tile's unswizzled address: the hardware applies the swizzle to the address bits
+            fn = self.need(f"tt_wgmma_desc{var.type.swizzle}")
+            index = f"({self.expr(row)}) * {var.type.shape[1]} + {self.expr(col)}"
+            descs.append(f"{fn}(&{self.name(var)}[{index}])")
+        acc = "1" if isinstance(s.accumulate, ir.Const) and s.accumulate.value else \
+            self.expr(s.accumulate)
+        self.line(f"{self.need(f'tt_wgmma_{t}_n{n}')}({self.expr(s.acc)}, {descs[0]}, {descs[1]}, "
+                  f"{acc});", depth)
+
+    def wgmma_wait(self, s: ir.WgmmaWait, depth: int) -> None:
+        self.line(f'asm volatile("wgmma.wait_group.sync.aligned {s.pending};" ::: "memory");', depth)
+        for v in self.wgaccs:  # their registers are final (for the groups waited for) only now
+            t = v.type
+            if isinstance(t, T.ArrayType):
+                pin = self.need(f"tt_wgacc{t.elem.n}_pin")
+                for i in range(t.size):
+                    self.line(f"{pin}({self.name(v)}[{i}]);", depth)
+            else:
+                self.line(f"{self.need(f'tt_wgacc{t.n}_pin')}({self.name(v)});", depth)
 
     def simple_stmt(self, s: ir.Stmt, depth: int) -> None:
         if isinstance(s, ir.AsyncCopy):
@@ -254,6 +352,17 @@ class CudaPrinter(CPrinter):
             self.line(f"{self.need('tt_cp_async_commit')}();", depth)
         elif isinstance(s, ir.AsyncWait):
             self.line(f'asm volatile("cp.async.wait_group {s.pending};" ::: "memory");', depth)
+        elif isinstance(s, ir.Wgmma):
+            self.wgmma(s, depth)
+        elif isinstance(s, ir.WgmmaCommit):
+            self.line('asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");', depth)
+        elif isinstance(s, ir.WgmmaWait):
+            self.wgmma_wait(s, depth)
+        elif isinstance(s, ir.Barrier) and "wgmma" in self.k.features:
+            # what this thread wrote to shared memory (cp.async included) becomes visible to the
+            # tensor cores' reads (the async proxy) of every thread past the barrier
+            self.line('asm volatile("fence.proxy.async.shared::cta;" ::: "memory");', depth)
+            super().simple_stmt(s, depth)
         else:
             super().simple_stmt(s, depth)
 

@@ -242,10 +242,13 @@ class FragElem(Expr):
 
 @dataclass(eq=False)
 class MmaZero(Expr):
-    """An accumulator fragment of zeros."""
+    """An accumulator fragment of zeros: 16 × 16 ("acc") or a warpgroup's 64 × n ("wgacc")."""
+
+    use: str = "acc"
+    n: int = 16
 
     def __post_init__(self):
-        self.type = FragmentType("acc", f32)
+        self.type = FragmentType(self.use, f32, self.n)
 
 
 # --- statements ---------------------------------------------------------------------------------
@@ -352,6 +355,37 @@ class AsyncWait(Stmt):
 
 
 @dataclass(eq=False)
+class Wgmma(Stmt):
+    """Start acc += A @ B by the warpgroup (four consecutive subgroups 4w … 4w+3) on its 64 × n
+    accumulator `acc` (a `Ref` of a wgacc variable or a `Load` from an array of them):
+    A[m][k] = a[a_row + m, a_col + k] (64 × 16), B[k][j] = b[b_row + j, b_col + k] (16 × n), `a`
+    and `b` swizzled 2-D shared arrays of f16/bf16; with `accumulate` false, acc = A @ B. acc
+    holds the result after the `WgmmaWait` that covers the group this product was committed in;
+    until then neither acc nor the shared tiles may be touched."""
+
+    acc: Expr
+    a: Var
+    a_row: Expr
+    a_col: Expr
+    b: Var
+    b_row: Expr
+    b_col: Expr
+    accumulate: Expr
+
+
+@dataclass(eq=False)
+class WgmmaCommit(Stmt):
+    """Close the group of `Wgmma`s this warpgroup started since the last commit."""
+
+
+@dataclass(eq=False)
+class WgmmaWait(Stmt):
+    """Wait until at most `pending` of this warpgroup's committed `Wgmma` groups are unfinished."""
+
+    pending: int
+
+
+@dataclass(eq=False)
 class Kernel:
     """One specialized kernel: what a target printer receives."""
 
@@ -406,6 +440,8 @@ def children(node) -> list:
         return [node.expr]
     if isinstance(node, AsyncCopy):
         return [node.dst_index, node.src_index, node.pred]
+    if isinstance(node, Wgmma):
+        return [node.acc, node.a_row, node.a_col, node.b_row, node.b_col, node.accumulate]
     return []
 
 
@@ -465,7 +501,7 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Mma):
         return f"mma({format_expr(e.a)}, {format_expr(e.b)}, {format_expr(e.c)})"
     if isinstance(e, MmaZero):
-        return "mma_zero"
+        return "mma_zero" if e.use == "acc" else f"wgmma_zero {e.n}"
     if isinstance(e, FragElem):
         return f"{format_expr(e.frag)}[{format_expr(e.index)}]"
     raise TypeError(type(e))
@@ -514,6 +550,12 @@ def _format_body(body: list[Stmt], out: list[str], depth: int, last: list) -> No
                        f"%{s.src.name}[{format_expr(s.src_index)}] x{s.count} if {format_expr(s.pred)}")
         elif isinstance(s, AsyncWait):
             out.append(f"{pad}async_wait {s.pending}")
+        elif isinstance(s, Wgmma):
+            out.append(f"{pad}wgmma {format_expr(s.acc)} += %{s.a.name}[{format_expr(s.a_row)}, "
+                       f"{format_expr(s.a_col)}] @ %{s.b.name}[{format_expr(s.b_row)}, "
+                       f"{format_expr(s.b_col)}].T if {format_expr(s.accumulate)}")
+        elif isinstance(s, WgmmaWait):
+            out.append(f"{pad}wgmma_wait {s.pending}")
         else:
             out.append(f"{pad}{type(s).__name__.lower()}")
 
@@ -523,6 +565,7 @@ __all__ = [
     "Const", "Ref", "Binary", "Unary", "Cast", "Bitcast", "Select", "Load", "VecLoad", "Lane",
     "MakeVec", "Call", "Atomic", "MmaLoad", "Mma", "MmaZero", "FragElem", "Stmt", "Assign", "Store",
     "VecStore", "If", "For", "While", "Break", "Continue", "Return", "Barrier", "ExprStmt", "AsyncCopy",
-    "AsyncCommit", "AsyncWait", "Kernel", "walk", "walk_body", "children", "is_pure",
+    "AsyncCommit", "AsyncWait", "Wgmma", "WgmmaCommit", "WgmmaWait", "Kernel", "walk", "walk_body",
+    "children", "is_pure",
     "format_kernel", "format_expr",
 ]

@@ -13,10 +13,16 @@ share is the one layout kernels see (`tt.mma_coord`, `len(acc)`), and it depends
 
 Element e of a lane's share is (row offset e // len(cols), column offset e % len(cols)).
 
+A warpgroup accumulator (`tt.wgmma`, 64 × n, held by the four subgroups 4w … 4w+3 together) is,
+for subgroup q of the warpgroup, the n / 16 accumulators of rows 16q … 16q+15 side by side:
+element e is element e % C of the 16 × 16 tile at column 16 · (e // C), C = len of one tile.
+
 Targets without matrix instructions get `lower`: fragment variables become private f32 arrays;
 an operand fragment holds the whole rows of A (and columns of B) that the lane's accumulator
 elements need, read straight from shared memory, so the product needs no cross-lane traffic and
-is correct for any S; asynchronous copies become ordinary copies.
+is correct for any S; `tt.wgmma` is the same loop over each lane's elements of its warpgroup
+accumulator, reading the swizzled tiles through their layout; asynchronous copies become
+ordinary copies and the asynchronous products ordinary ones.
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ def fragment_size(t: T.FragmentType, lay: AccLayout) -> int:
     """f32 elements per lane of a fragment in the portable lowering."""
     if t.use == "acc":
         return lay.count
+    if t.use == "wgacc":
+        return lay.count * (t.n // TILE)
     return (lay.rows.count if t.use == "a" else lay.cols.count) * TILE
 
 
@@ -120,14 +128,15 @@ class _Lowering:
             else:
                 self.locals.append(v)
         self.lane: ir.Var | None = None
+        self.subgroups = False  # subgroup ids used (tt.wgmma)
 
     def run(self) -> ir.Kernel:
         body = self.body(self.k.body)
         if self.lane is not None:
             lane = ir.Call("subgroup_local_id", [], T.i32)
             body.insert(0, ir.Assign(self.lane, lane))
-        features = self.k.features - {"mma", "async_copy"}
-        if self.lane is not None:
+        features = self.k.features - {"mma", "async_copy", "wgmma"}
+        if self.lane is not None or self.subgroups:
             features |= {"subgroup"}
         return replace(self.k, locals=self.locals, body=body, features=features)
 
@@ -157,7 +166,8 @@ class _Lowering:
         """a op b in i32, folding constants (index arithmetic stays readable)."""
         if isinstance(a, ir.Const) and isinstance(b, ir.Const):
             x, y = a.value, b.value  # non-negative: Python's // and % agree with C's
-            return self.c(x + y if op == "+" else x * y if op == "*" else x // y if op == "/" else x % y)
+            return self.c({"+": x + y, "*": x * y, "&": x & y, "^": x ^ y, ">>": x >> y}[op]
+                          if op not in "/%" else x // y if op == "/" else x % y)
         if op == "*" and isinstance(b, ir.Const) and b.value == 1 or \
                 op == "+" and isinstance(b, ir.Const) and b.value == 0:
             return a
@@ -207,8 +217,10 @@ class _Lowering:
             return []  # a fragment computed and dropped: nothing observable
         if isinstance(s, ir.AsyncCopy):
             return self.copy(s)
-        if isinstance(s, (ir.AsyncCommit, ir.AsyncWait)):
-            return []  # copies are synchronous here
+        if isinstance(s, (ir.AsyncCommit, ir.AsyncWait, ir.WgmmaCommit, ir.WgmmaWait)):
+            return []  # copies and products are synchronous here
+        if isinstance(s, ir.Wgmma):
+            return self.wgmma(s)
         if isinstance(s, ir.Assign):
             return [ir.Assign(s.var, self.expr(s.value))]
         if isinstance(s, (ir.Store, ir.VecStore)):
@@ -228,7 +240,7 @@ class _Lowering:
         """Statements writing fragment `value` into arr[base …]."""
         if isinstance(value, ir.MmaZero):
             zero = ir.Const(0.0, T.f32)
-            return [self.loop("mma_e", self.lay.count,
+            return [self.loop("mma_e", fragment_size(value.type, self.lay),
                               lambda e: [ir.Store(arr, self.bin("+", base, e), zero)])]
         if isinstance(value, ir.MmaLoad):
             return self.load(arr, base, value)
@@ -289,6 +301,63 @@ class _Lowering:
 
         return [self.loop("mma_i", self.lay.rows.count, lambda i: [
             self.loop("mma_j", nc, lambda j: cell(i, j))])]
+
+    def element(self, s: ir.Var, row: ir.Expr, col: ir.Expr) -> ir.Expr:
+        """s[row, col] as f32, through the swizzle of a swizzled array (types.swizzle_terms)."""
+        if s.type.swizzle:
+            shift, mask, chunk = T.swizzle_terms(s.type)
+            sel = self.bin("&", self.bin(">>", row, self.c(shift)), self.c(mask))
+            col = self.bin("^", col, self.bin("*", sel, self.c(chunk)))
+        index = self.bin("+", self.bin("*", row, self.c(s.type.shape[1])), col)
+        return ir.Cast(T.f32, ir.Load(s, index))
+
+    def wgmma(self, s: ir.Wgmma) -> list[ir.Stmt]:
+        """Each lane's accumulator elements += their rows of A times their columns of B: element
+        e = j · C + f of subgroup q of the warpgroup is (16q + row(f), 16j + column(f))."""
+        lay = self.lay
+        arr, base = self.place(s.acc)
+        pre: list[ir.Stmt] = []
+        corner = []
+        for name, v in (("ar", s.a_row), ("ac", s.a_col), ("br", s.b_row), ("bc", s.b_col)):
+            v = self.expr(v)
+            if not isinstance(v, (ir.Const, ir.Ref)):  # evaluated once, not in the loops
+                tmp = self.temp(f"wgmma_{name}", T.i32)
+                pre.append(ir.Assign(tmp, v))
+                v = ir.Ref(tmp)
+            corner.append(v)
+        ar, ac, br, bc = corner
+        accumulate = self.expr(s.accumulate)
+        quarter = self.temp("wgmma_q", T.i32)
+        pre.append(ir.Assign(quarter, self.bin("%", ir.Call("subgroup_id", [], T.i32), self.c(4))))
+        self.subgroups = True
+        lane = self.lane_id()
+        acc = self.temp("mma_sum", T.f32)
+        nc = lay.cols.count
+
+        def cell(j: ir.Expr, f: ir.Expr) -> list[ir.Stmt]:
+            row = self.bin("+", self.bin("+", self.bin("*", ir.Ref(quarter), self.c(TILE)),
+                                         self.bin("/", lane, self.c(lay.row_div))),
+                           self.offset(lay.rows, self.bin("/", f, self.c(nc))))
+            col = self.bin("+", self.bin("+", self.bin("*", j, self.c(TILE)), self.bin(
+                "*", self.bin("%", lane, self.c(lay.col_mod)), self.c(lay.col_mul))),
+                self.offset(lay.cols, self.bin("%", f, self.c(nc))))
+            at = self.bin("+", base, self.bin("+", self.bin("*", j, self.c(lay.count)), f))
+            r = self.temp("wgmma_r", T.i32)
+            c = self.temp("wgmma_c", T.i32)
+
+            def step(k: ir.Expr) -> list[ir.Stmt]:
+                x = self.element(s.a, self.bin("+", ar, ir.Ref(r)), self.bin("+", ac, k))
+                y = self.element(s.b, self.bin("+", br, ir.Ref(c)), self.bin("+", bc, k))
+                return [ir.Assign(acc, ir.Binary("+", ir.Ref(acc), ir.Binary("*", x, y, T.f32), T.f32))]
+
+            start = ir.Load(arr, at)
+            if not (isinstance(accumulate, ir.Const) and accumulate.value):
+                start = ir.Select(accumulate, start, ir.Const(0.0, T.f32))
+            return [ir.Assign(r, row), ir.Assign(c, col), ir.Assign(acc, start),
+                    self.loop("mma_k", TILE, step), ir.Store(arr, at, ir.Ref(acc))]
+
+        return pre + [self.loop("mma_j", s.acc.type.n // TILE, lambda j: [
+            self.loop("mma_f", lay.count, lambda f: cell(j, f))])]
 
     def copy(self, s: ir.AsyncCopy) -> list[ir.Stmt]:
         """A synchronous copy (zeros where the predicate is false)."""

@@ -153,6 +153,11 @@ def _fold_body(body: list[ir.Stmt]) -> list[ir.Stmt]:
         elif isinstance(s, ir.AsyncCopy):
             s.dst_index, s.src_index = _fold_expr(s.dst_index), _fold_expr(s.src_index)
             s.pred = _fold_expr(s.pred)
+        elif isinstance(s, ir.Wgmma):
+            s.acc = _fold_expr(s.acc)
+            s.a_row, s.a_col = _fold_expr(s.a_row), _fold_expr(s.a_col)
+            s.b_row, s.b_col = _fold_expr(s.b_row), _fold_expr(s.b_col)
+            s.accumulate = _fold_expr(s.accumulate)
         elif isinstance(s, ir.If):
             s.cond = _fold_expr(s.cond)
             s.then, s.orelse = _fold_body(s.then), _fold_body(s.orelse)

@@ -551,6 +551,10 @@ class KernelBuilder:
             if acc is None:
                 acc = i
             else:
+                if t.swizzle:  # the row's 16-byte chunks are permuted (types.swizzle_terms)
+                    shift, mask, chunk = T.swizzle_terms(t)
+                    sel = self.binary("&", self.binary(">>", acc, Py(shift), node), Py(mask), node)
+                    i = self.binary("^", i, self.binary("*", sel, Py(chunk), node), node)
                 acc = self.binary("+", self.binary("*", acc, Py(dim), node), i, node)
         return acc
 
@@ -813,7 +817,13 @@ class KernelBuilder:
         return self._array(name, node, "private")
 
     def _array(self, name, node, space):
-        self._no_kwargs(node)
+        swizzle = False
+        for kw in node.keywords:
+            v = self.expr(kw.value)
+            if kw.arg != "swizzle" or space != "shared" or not isinstance(v, Py):
+                raise self.error("the one keyword argument here is tt.shared(..., swizzle=True) (a "
+                                 "compile-time bool)", node)
+            swizzle = bool(v.value)
         shape, dtype = self._args(node, 2, name)
         shp = shape.value if isinstance(shape, Py) else None
         if isinstance(shp, int):
@@ -826,6 +836,12 @@ class KernelBuilder:
             return Py(_PendingArray(T.ArrayType(dtype.value, shp, space)))
         if not isinstance(dtype, Py) or not isinstance(dtype.value, T.ScalarType):
             raise self.error(f"tt.{name} needs a scalar dtype such as tt.f32", node)
+        if swizzle:
+            row = shp[-1] * dtype.value.itemsize
+            if len(shp) != 2 or row not in (32, 64, 128) or shp[0] % 8 or dtype.value.is_bool:
+                raise self.error(f"a swizzled array is 2-D, its rows 32, 64 or 128 bytes and their "
+                                 f"count a multiple of 8, not {shp} of {dtype.value}", node)
+            return Py(_PendingArray(T.ArrayType(dtype.value, shp, space, row)))
         return Py(_PendingArray(T.ArrayType(dtype.value, shp, space)))
 
     def _b_bitcast(self, name, node):
@@ -892,6 +908,9 @@ class KernelBuilder:
                              f"tt.shared((64, 40), tt.f16)", node)
         if var.type.elem not in (T.f16, T.bf16):
             raise self.error(f"tt.{name} reads f16 or bf16 elements, not {var.type.elem}", node)
+        if var.type.swizzle:
+            raise self.error(f"tt.{name} reads unswizzled arrays ('{var.name}' is swizzled: "
+                             f"tt.wgmma reads those)", node)
         rows, cols = var.type.shape
         if cols % 8:
             raise self.error(f"rows of '{var.name}' must be a multiple of 8 elements (16 bytes) for "
@@ -945,6 +964,8 @@ class KernelBuilder:
             return t.lanes
         if isinstance(t, T.FragmentType) and t.use == "acc":
             return self._mma_layout(node).count
+        if isinstance(t, T.FragmentType) and t.use == "wgacc":
+            return self._mma_layout(node).count * (t.n // 16)
         if isinstance(t, T.FragmentType):
             raise self.error("operand fragments are opaque: only accumulators have elements", node)
         raise self.error(f"len() of a runtime {t} value", node)
@@ -970,6 +991,13 @@ class KernelBuilder:
                              f"{lay.count} (len(acc))", node)
         if not isinstance(e, Py):
             e = self._element_index(e, node)
+        row, col = self._mma_coord_of(e, lay, node)
+        # runtime values even where they fold (one-lane subgroups): names bound to them may be
+        # reassigned under runtime control flow, as in any unrolled loop
+        return Py((self.to_expr(row, T.i32, node), self.to_expr(col, T.i32, node)))
+
+    def _mma_coord_of(self, e, lay, node):
+        """(row, column) of element e of this lane's share of a 16 × 16 accumulator."""
         lane = Py(0)
         if lay.lanes > 1:
             self.features.add("subgroup")
@@ -986,8 +1014,102 @@ class KernelBuilder:
         row = b("+", b("//", lane, Py(lay.row_div), node), offset(lay.rows, b("//", e, nc, node)), node)
         col = b("*", b("%", lane, Py(lay.col_mod), node), Py(lay.col_mul), node)
         col = b("+", col, offset(lay.cols, b("%", e, nc, node)), node)
-        # runtime values even where they fold (one-lane subgroups): names bound to them may be
-        # reassigned under runtime control flow, as in any unrolled loop
+        return row, col
+
+    # --- warpgroup matrix multiply-accumulate (tt.wgmma) -----------------------------------------
+
+    def _b_wgmma_zeros(self, name, node):
+        (n,) = self._args(node, 1, name)
+        n = self._const_int(n, node, "the accumulator's column count")
+        try:
+            T.fragment("wgacc", n=n)
+        except TypeError as exc:
+            raise self.error(str(exc), node) from None
+        self._mma_layout(node)
+        self.features.add("wgmma")
+        return self._mk(ir.MmaZero("wgacc", n))
+
+    def _wgmma_tile(self, arr, at, node, what: str, rows: int):
+        """(array, row, col) of one operand tile of tt.wgmma, checked."""
+        var = arr if isinstance(arr, ir.Var) else None
+        if var is None or not isinstance(var.type, T.ArrayType) or not var.type.swizzle:
+            raise self.error(f"tt.wgmma reads {what} from a swizzled shared array (tt.shared(shape, "
+                             f"tt.f16, swizzle=True))", node)
+        if var.type.elem not in (T.f16, T.bf16):
+            raise self.error(f"tt.wgmma reads f16 or bf16 elements, not {var.type.elem}", node)
+        if not isinstance(at, Py) or not isinstance(at.value, tuple) or len(at.value) != 2:
+            raise self.error(f"the corner of {what} is a (row, column) pair", node)
+        r, c = (self._vec_index(v if isinstance(v, (Py, ir.Expr)) else Py(v), node) for v in at.value)
+        total, cols = var.type.shape
+        if isinstance(r, ir.Const) and (r.value % 8 or not 0 <= r.value <= total - rows):
+            raise self.error(f"the {rows}-row tile of {what} at row {r.value} must start at a multiple "
+                             f"of 8 inside '{var.name}' ({total} rows)", node)
+        if isinstance(c, ir.Const) and (c.value % 16 or not 0 <= c.value <= cols - 16):
+            raise self.error(f"the 16 columns of {what} at column {c.value} must start at a multiple "
+                             f"of 16 inside '{var.name}' ({cols} columns)", node)
+        return var, r, c
+
+    def _b_wgmma(self, name, node):
+        if len(node.args) not in (5, 6):
+            raise self.error("tt.wgmma(acc, a, (row, col), b, (row, col)[, accumulate]) takes 5 or 6 "
+                             "arguments", node)
+        acc, a, at, b, bt = (self.expr(x) for x in node.args[:5])
+        accumulate = self.const(True, T.bool_)
+        if len(node.args) == 6:
+            accumulate = self.to_bool(self.to_expr(self.expr(node.args[5]), node=node.args[5]))
+            if not isinstance(accumulate, (ir.Const, ir.Ref)):
+                tmp = self.new_var("accumulate", T.bool_)
+                self.emit(ir.Assign(tmp, accumulate))
+                accumulate = self._mk(ir.Ref(tmp))
+        if not isinstance(acc, ir.Expr) or not isinstance(acc.type, T.FragmentType) or \
+                acc.type.use != "wgacc":
+            got = acc.type if isinstance(acc, (ir.Expr, ir.Var)) else repr(acc.value)
+            raise self.error(f"the first argument of tt.wgmma is a warpgroup accumulator (from "
+                             f"tt.wgmma_zeros), got {got}", node)
+        if not isinstance(acc, (ir.Ref, ir.Load)):
+            raise self.error("tt.wgmma updates a named accumulator (a variable or an array "
+                             "element)", node)
+        a, ar, ac = self._wgmma_tile(a, at, node, "A", 64)
+        b, br, bc = self._wgmma_tile(b, bt, node, "B", acc.type.n)
+        if a.type.elem != b.type.elem:
+            raise self.error(f"tt.wgmma needs A and B of one type, got {a.type.elem} and "
+                             f"{b.type.elem}", node)
+        self._mma_layout(node)
+        self.features.add("wgmma")
+        self.emit(ir.Wgmma(acc, a, ar, ac, b, br, bc, accumulate))
+        return Py(None)
+
+    def _b_wgmma_commit(self, name, node):
+        self._args(node, 0, name)
+        self.features.add("wgmma")
+        self.emit(ir.WgmmaCommit())
+        return Py(None)
+
+    def _b_wgmma_wait(self, name, node):
+        (n,) = self._args(node, 1, name)
+        pending = self._const_int(n, node, "the number of wgmma groups left in flight")
+        if pending < 0:
+            raise self.error("tt.wgmma_wait(n) needs n ≥ 0", node)
+        self.features.add("wgmma")
+        self.emit(ir.WgmmaWait(pending))
+        return Py(None)
+
+    def _b_wgmma_coord(self, name, node):
+        """Element e = 16-column block j · C + f (C = len of a 16 × 16 accumulator): row
+        16 · (subgroup % 4) + row(f), column 16 · j + column(f) by the mma layout."""
+        (e,) = self._args(node, 1, name)
+        lay = self._mma_layout(node)
+        if isinstance(e, Py) and (not isinstance(e.value, int) or e.value < 0):
+            raise self.error(f"accumulator element {e.value!r} does not exist", node)
+        if not isinstance(e, Py):
+            e = self._element_index(e, node)
+        b = self.binary
+        count = Py(lay.count)
+        r, c = self._mma_coord_of(b("%", e, count, node), lay, node)
+        self.features.add("subgroup")
+        quarter = b("%", self._mk(ir.Call("subgroup_id", [], T.i32)), Py(4), node)
+        row = b("+", b("*", quarter, Py(16), node), r, node)
+        col = b("+", b("*", b("//", e, count, node), Py(16), node), c, node)
         return Py((self.to_expr(row, T.i32, node), self.to_expr(col, T.i32, node)))
 
     def _b_async_copy(self, name, node):

@@ -47,7 +47,9 @@ _define("atomic", "atomic_add atomic_min atomic_max atomic_xchg atomic_cas",
 _define("vload", "vload", "vload(buf, i, n): elements n*i … n*i+n-1 of buf as an n-lane vector (n = 2, 4).")
 _define("vstore", "vstore", "vstore(buf, i, v): store an n-lane vector at elements n*i … n*i+n-1.")
 _define("vec", "vec", "vec(a, b[, c, d]): build a 2- or 4-lane vector.")
-_define("shared", "shared", "shared(shape, dtype): a workgroup-shared array with a compile-time shape.")
+_define("shared", "shared", "shared(shape, dtype[, swizzle=True]): a workgroup-shared array with a "
+        "compile-time shape; swizzled 2-D arrays (rows of 32, 64 or 128 bytes) permute each row's "
+        "16-byte chunks, the layout tt.wgmma reads.")
 _define("array", "array", "array(shape, dtype): a private (per-thread) array with a compile-time shape.")
 _define("bitcast", "bitcast", "bitcast(x, dtype): reinterpret the bits of x as dtype (same width).")
 _define("cast", "cast", "cast(x, dtype): value conversion; tt.f16(x) etc. are shorthands.")
@@ -66,6 +68,17 @@ _define("mma", "mma", "mma(a, b, c): c + a @ b on 16×16×16 fragments, f32 accu
         "whole subgroup (tensor cores on CUDA).")
 _define("mma_coord", "mma_coord", "mma_coord(e): (row, column) in the 16×16 tile of element e of "
         "this lane's accumulator share (acc[e], e < len(acc)).")
+_define("wgmma", "wgmma",
+        "wgmma(acc, a, (ra, ka), b, (rb, kb)[, accumulate]): start acc += A @ B (acc = A @ B where "
+        "accumulate is false) on a warpgroup's 64×n accumulator, A[m][k] = a[ra + m, ka + k] (64×16), "
+        "B[k][n] = b[rb + n, kb + k] (16×n, stored like weight rows), a and b swizzled shared "
+        "f16/bf16 arrays; asynchronous until tt.wgmma_wait.")
+_define("wgmma_zeros", "wgmma_zeros", "wgmma_zeros(n): a warpgroup's 64×n f32 accumulator of zeros.")
+_define("wgmma_commit", "wgmma_commit", "wgmma_commit(): close this warpgroup's group of tt.wgmma.")
+_define("wgmma_wait", "wgmma_wait",
+        "wgmma_wait(n): wait until at most n of this warpgroup's tt.wgmma groups are in flight.")
+_define("wgmma_coord", "wgmma_coord", "wgmma_coord(e): (row, column) in the 64×n tile of element e "
+        "of this lane's share of a warpgroup accumulator (acc[e], e < len(acc)).")
 _define("async_copy", "async_copy",
         "async_copy(dst, dst_index, src, src_index, n[, pred]): start copying n elements (4, 8 or "
         "16 bytes) from a buffer to a shared array; zeros where pred is false.")

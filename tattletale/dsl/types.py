@@ -90,6 +90,9 @@ class ArrayType(Type):
     elem: ScalarType | FragmentType  # fragments only in private arrays
     shape: tuple[int, ...]
     space: str  # "shared" | "private"
+    # Swizzled shared arrays (`tt.shared(..., swizzle=True)`): the bytes of one row (32, 64 or 128),
+    # whose 16-byte chunks are permuted by row (see `swizzle_terms`); 0 for plain arrays.
+    swizzle: int = 0
 
     @property
     def size(self) -> int:
@@ -99,9 +102,20 @@ class ArrayType(Type):
         return n
 
     def __str__(self) -> str:
-        return f"{self.space}[{self.elem}, {self.shape}]"
+        swz = f", swizzle {self.swizzle}" if self.swizzle else ""
+        return f"{self.space}[{self.elem}, {self.shape}{swz}]"
 
     __repr__ = __str__
+
+
+def swizzle_terms(t: ArrayType) -> tuple[int, int, int]:
+    """(shift, mask, chunk) of a swizzled array: element column c of row r is stored at column
+    c ^ (((r >> shift) & mask) * chunk), i.e. the 16-byte chunk j of a row of W bytes moves to
+    j ^ ((r // (128 / W)) % (W / 16)). This is the 128/64/32-byte swizzle of NVIDIA's tensor-core
+    descriptors when the array starts at a multiple of 8·W bytes: the chunk bits of an address
+    XORed with the bits just above 128 bytes."""
+    w = t.swizzle
+    return (128 // w).bit_length() - 1, w // 16 - 1, 16 // t.elem.itemsize
 
 
 @dataclass(frozen=True)
@@ -112,10 +126,13 @@ class FragmentType(Type):
     Only the accumulator's per-lane share is defined (codegen/mma.py gives its layout), so each
     target keeps operands in the form its matrix units (or its fallback) want."""
 
-    use: str  # "a" | "b" | "acc"
+    use: str  # "a" | "b" | "acc" | "wgacc" (a warpgroup's 64 × n accumulator, see tt.wgmma)
     elem: ScalarType
+    n: int = 16  # columns of the tile
 
     def __str__(self) -> str:
+        if self.use == "wgacc":
+            return f"fragment[wgacc 64x{self.n}, {self.elem}]"
         return f"fragment[{self.use}, {self.elem}]"
 
     __repr__ = __str__
@@ -185,13 +202,21 @@ def as_type(t) -> ScalarType:
     return from_numpy(t)
 
 
-def fragment(use: str, elem: ScalarType = f32) -> FragmentType:
+def fragment(use: str, elem: ScalarType = f32, n: int | None = None) -> FragmentType:
     """The type of an mma fragment, for arrays of them: `tt.array((4,), tt.fragment("a", tt.f16))`,
-    `tt.array((4, 4), tt.fragment("acc"))`."""
+    `tt.array((4, 4), tt.fragment("acc"))`, `tt.array((2,), tt.fragment("wgacc", n=128))` (a
+    warpgroup's 64 × 128 accumulator, see `tt.wgmma`)."""
+    if use == "wgacc":
+        if elem != f32 or not isinstance(n, int) or not 16 <= n <= 256 or n % 16:
+            raise TypeError(f"a 'wgacc' fragment holds f32 and n columns, n a multiple of 16 up to "
+                            f"256, not {n!r}")
+        return FragmentType(use, elem, n)
+    if n is not None:
+        raise TypeError(f"{use!r} fragments are 16 × 16: n is for 'wgacc'")
     if use in ("a", "b") and elem in (f16, bf16) or use == "acc" and elem == f32:
         return FragmentType(use, elem)
     raise TypeError(f"no fragment {use!r} of {elem}: operands 'a' and 'b' hold f16 or bf16, "
-                    f"accumulators ('acc') f32")
+                    f"accumulators ('acc', 'wgacc') f32")
 
 
 def vector(elem: ScalarType, lanes: int) -> VectorType:

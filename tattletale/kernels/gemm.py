@@ -22,6 +22,15 @@ Split-K (small M): with few tile rows there are too few workgroups to keep every
 streaming W, so SPLITS workgroups share each tile, each taking a contiguous range of K steps, and
 add their partial tiles into an f32 y with atomics; y first gets the residual (or zeros), and
 the bias comes with the first split's partials.
+
+`gemm_wgmma_kernel` is the same product by warpgroups (`tt.wgmma`: wgmma.mma_async on Hopper,
+the portable lowering elsewhere): WM × WN warpgroups of four subgroups, each owning
+(BM / WM) × (BN / WN) of the tile as 64-row accumulators, both operands read straight from
+swizzled shared tiles (rows of BK 16-bit elements, 128 bytes at BK = 64) with no padding. The
+products of a K step run asynchronously: a warpgroup issues them, starts the copies of the step
+STAGES-2 ahead, and waits only for the previous step's products, so the tensor cores work while
+the next step's barrier and copies are issued; the buffer refilled at step s is the one step
+s-2 read, whose products every warpgroup has waited for before the barrier of step s.
 """
 
 from __future__ import annotations
@@ -55,11 +64,15 @@ class GemmConfig:
     fuse_parts: bool = False
     splits: int = 1
     waves: int = 1
+    wgmma: bool = False  # gemm_wgmma_kernel: wm × wn warpgroups, BK the swizzled row (16/32/64)
+    persistent: bool = False  # wgmma, unsplit: one workgroup per multiprocessor, looping over tiles
 
     def threads(self, subgroup_size: int) -> int:
-        return self.wm * self.wn * subgroup_size
+        return self.wm * self.wn * subgroup_size * (4 if self.wgmma else 1)
 
     def shared_bytes(self, parts: int = 1) -> int:
+        if self.wgmma:
+            return self.stages * (self.bm + self.bn) * self.bk * 2
         xp = parts if self.fuse_parts else 1
         return self.stages * (self.bm * xp + self.bn) * (self.bk + PAD) * 2
 
@@ -71,6 +84,9 @@ class GemmConfig:
 CUDA_CONFIG = GemmConfig(128, 128, 64, 2, 2, 3, splits=0)
 CUDA_SMALL_M_CONFIG = GemmConfig(32, 128, 64, 1, 4, 3, fuse_parts=True, splits=0, waves=4)
 SMALL_M = 256
+# Hopper (sm_90a): warpgroup products, two warpgroups of 64 × 256 on 128 × 256 tiles, four stages
+# of 48 KB (placeholder until benchmarks/tune_gemm.py has run).
+CUDA_WGMMA_CONFIG = GemmConfig(128, 256, 64, 2, 1, 4, splits=0, wgmma=True)
 # The portable lowering (CPU OpenCL, lavapipe, WebGPU): small tiles, under 32 KB of shared memory
 # even where 16-bit shared elements take 32 bits (WGSL).
 PORTABLE_CONFIG = GemmConfig(32, 32, 32, 2, 2, 2)
@@ -85,7 +101,9 @@ def load_tile(src, dst, row0, rows, k0, K, stage, tid, BR: tt.constexpr, BK: tt.
     """Start copying rows row0 … row0+BR-1, columns k0 … k0+BK-1 of the K-wide matrix src into
     stage `stage` of dst (zeros outside rows × K)."""
     PER_ROW = BK // CHUNK
-    for i in range(-(-BR * PER_ROW // THREADS)):  # constant bounds: unrolled by compilers that gain
+    # rounds up (compile-time // truncates like C, so -(-a // b) would not); constant bounds:
+    # unrolled by compilers that gain
+    for i in range((BR * PER_ROW + THREADS - 1) // THREADS):
         c = tid + i * THREADS
         if BR * PER_ROW % THREADS == 0 or c < BR * PER_ROW:
             r = c // PER_ROW
@@ -117,10 +135,15 @@ def store_element(acc, e, row0, col0, bias, residual, y, M, N, first, HAS_BIAS: 
     """y = element e of the accumulator tile at (row0, col0) (+ bias) (+ residual), inside M × N;
     split along K: y += it (+ bias in the first split), the residual being in y already."""
     r, c = tt.mma_coord(e)
-    m = row0 + r
-    n = col0 + c
+    store_at(acc[e], row0 + r, col0 + c, bias, residual, y, M, N, first, HAS_BIAS, HAS_RESIDUAL,
+             SPLIT)
+
+
+@tt.func
+def store_at(v, m, n, bias, residual, y, M, N, first, HAS_BIAS: tt.constexpr,
+             HAS_RESIDUAL: tt.constexpr, SPLIT: tt.constexpr):
+    """y[m, n] = v (+ bias) (+ residual) inside M × N, or (split) y[m, n] += v (+ bias if first)."""
     if m < M and n < N:
-        v = acc[e]
         if SPLIT:
             if HAS_BIAS:
                 if first:
@@ -240,6 +263,179 @@ def gemm_mma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Bu
                                   residual, y, M, N, ks == 0, HAS_BIAS, HAS_RESIDUAL, SPLIT)
 
 
+@tt.func
+def tile_row0(t, tiles_m, tiles_n, BM: tt.constexpr, GROUP_M: tt.constexpr):
+    """The first row of tile t: tiles go column by column inside groups of GROUP_M tile rows."""
+    per_group = GROUP_M * tiles_n
+    first = t // per_group * GROUP_M
+    return (first + t % per_group % min(tiles_m - first, GROUP_M)) * BM
+
+
+@tt.func
+def tile_col0(t, tiles_m, tiles_n, BN: tt.constexpr, GROUP_M: tt.constexpr):
+    """The first column of tile t (see tile_row0)."""
+    per_group = GROUP_M * tiles_n
+    first = t // per_group * GROUP_M
+    return t % per_group // min(tiles_m - first, GROUP_M) * BN
+
+
+@tt.func
+def load_rows(src, dst, row0, rows, k0, K, stage, tid, BR: tt.constexpr, BK: tt.constexpr,
+              THREADS: tt.constexpr):
+    """load_tile for THREADS a multiple of the row's chunks and BR of the rows they cover at once:
+    this thread copies one chunk column of every (THREADS / chunks)-th row, so the column, its
+    swizzle and the K test are the same for all its copies (few instructions per copy)."""
+    STEP = THREADS // (BK // CHUNK)  # rows covered by one round of the workgroup's copies
+    kc = tid % (BK // CHUNK) * CHUNK
+    r0 = tid // (BK // CHUNK)
+    k_ok = k0 + kc < K
+    for i in tt.static_range(BR // STEP):
+        r = r0 + i * STEP
+        tt.async_copy(dst, (stage * BR + r, kc), src, (row0 + r) * K + k0 + kc, CHUNK,
+                      k_ok and row0 + r < rows)
+
+
+@tt.func
+def load_wg_step(x, w, xs, ws, xrow0, xrows, k0, stage, n0, N, K, tid, BM: tt.constexpr,
+                 BN: tt.constexpr, BK: tt.constexpr, THREADS: tt.constexpr):
+    """Start the copies of one K step: rows xrow0 … of x (inside xrows), rows n0 … of w, columns
+    k0 …; through load_rows where the shapes allow it."""
+    ROUND = THREADS // (BK // CHUNK)  # rows one round of the workgroup's copies covers
+    if THREADS % (BK // CHUNK) == 0 and BM % ROUND == 0:
+        load_rows(x, xs, xrow0, xrows, k0, K, stage, tid, BM, BK, THREADS)
+    else:
+        load_tile(x, xs, xrow0, xrows, k0, K, stage, tid, BM, BK, THREADS)
+    if THREADS % (BK // CHUNK) == 0 and BN % ROUND == 0:
+        load_rows(w, ws, n0, N, k0, K, stage, tid, BN, BK, THREADS)
+    else:
+        load_tile(w, ws, n0, N, k0, K, stage, tid, BN, BK, THREADS)
+
+
+@tt.func
+def cursor_at_tile(cur, t, part, k0, tiles_m, tiles_n, BM: tt.constexpr, BN: tt.constexpr,
+                   GROUP_M: tt.constexpr):
+    """Point the copy cursor at the first step of tile t: cur = [tile, steps of it started,
+    activation part, k0, first row, first column]."""
+    cur[0] = t
+    cur[1] = 0
+    cur[2] = part
+    cur[3] = k0
+    cur[4] = tile_row0(t, tiles_m, tiles_n, BM, GROUP_M)
+    cur[5] = tile_col0(t, tiles_m, tiles_n, BN, GROUP_M)
+
+
+@tt.func
+def load_next(x, w, xs, ws, cur, stage, steps, s0, steps_k, groups, tiles_m, tiles_n, M, N, K,
+              tid, BM: tt.constexpr, BN: tt.constexpr, BK: tt.constexpr, THREADS: tt.constexpr,
+              GROUP_M: tt.constexpr):
+    """Start the copies of the step at the cursor into `stage` and advance the cursor (to the
+    next K step, activation part, or this workgroup's next tile: no divisions but there)."""
+    load_wg_step(x, w, xs, ws, cur[2] * M + cur[4], (cur[2] + 1) * M, cur[3], stage, cur[5], N, K,
+                 tid, BM, BN, BK, THREADS)
+    cur[1] += 1
+    cur[3] += BK
+    if cur[3] >= K:
+        cur[3] = 0
+        cur[2] += 1
+    if cur[1] == steps:
+        cursor_at_tile(cur, cur[0] + groups, s0 // steps_k, s0 % steps_k * BK, tiles_m, tiles_n,
+                       BM, BN, GROUP_M)
+
+
+@tt.kernel
+def gemm_wgmma_kernel(x: tt.Buffer, w: tt.Buffer, bias: tt.Buffer, residual: tt.Buffer,
+                      y: tt.Buffer, M: tt.i32, N: tt.i32, K: tt.i32, splits: tt.i32,
+                      DT: tt.constexpr, PARTS: tt.constexpr, BM: tt.constexpr, BN: tt.constexpr,
+                      BK: tt.constexpr, WM: tt.constexpr, WN: tt.constexpr, STAGES: tt.constexpr,
+                      GROUP_M: tt.constexpr, HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr,
+                      SPLIT: tt.constexpr):
+    """gemm_mma_kernel's product (same arguments, one activation part per K step) by WM × WN
+    warpgroups with tt.wgmma; BK is the row of the swizzled shared tiles (16, 32 or 64).
+
+    Workgroup g takes tiles g, g + G, g + 2G, … (G workgroups): one tile when the grid has one
+    workgroup per tile, several on a persistent grid, where the K steps of its tiles form one
+    pipeline, so the next tile's first copies are in flight during a tile's stores. Split-K
+    launches one workgroup per (tile, split)."""
+    THREADS = WM * WN * 4 * tt.subgroup_size()
+    FM = BM // WM // 64  # 64-row accumulators per warpgroup
+    WGN = BN // WN  # their columns
+    tt.static_assert(BM % (WM * 64) == 0 and BN % WN == 0 and WGN % 16 == 0 and WGN <= 256 and
+                     BK % 16 == 0 and BK <= 64 and BK != 48 and STAGES >= 3, "tile shape")
+    xs = tt.shared((STAGES * BM, BK), DT, swizzle=True)
+    ws = tt.shared((STAGES * BN, BK), DT, swizzle=True)
+    acc = tt.array((FM,), tt.fragment("wgacc", n=WGN))
+    tid = tt.local_id(0)
+    wg = tt.subgroup_id() // 4
+    wm0 = wg // WN * (BM // WM)
+    wn0 = wg % WN * WGN
+
+    tiles_m = (M + BM - 1) // BM
+    tiles_n = (N + BN - 1) // BN
+    pid = tt.group_id(0)
+    groups = tt.num_groups(0)
+    ks = 0
+    steps_k = (K + BK - 1) // BK
+    steps = PARTS * steps_k  # per tile; this split's are s0 … s0+steps-1
+    s0 = 0
+    if SPLIT:
+        ks = pid % splits
+        per_split = (steps + splits - 1) // splits
+        s0 = ks * per_split
+        steps = max(min(steps - s0, per_split), 0)
+    tiles = tiles_m * tiles_n * splits
+    total = (tiles - pid + groups - 1) // groups * steps  # K steps over all of this group's tiles
+
+    # The copies run STAGES-2 steps ahead, across tile ends, at a cursor (load_next).
+    cur = tt.array((6,), tt.i32)
+    cursor_at_tile(cur, pid // splits, s0 // steps_k, s0 % steps_k * BK, tiles_m, tiles_n, BM, BN,
+                   GROUP_M)
+    for i in tt.static_range(FM):
+        acc[i] = tt.wgmma_zeros(WGN)
+    for s in tt.static_range(STAGES - 2):
+        if s < total:
+            load_next(x, w, xs, ws, cur, s, steps, s0, steps_k, groups, tiles_m, tiles_n, M, N, K,
+                      tid, BM, BN, BK, THREADS, GROUP_M)
+        tt.async_commit()
+    for j in range(0, total, steps):  # this group's tiles, each `steps` K steps
+        for step in range(j, j + steps):
+            tt.async_wait(STAGES - 3)  # this thread's copies of `step` have landed
+            tt.barrier()  # everyone's have; every warpgroup is done with step - 2's buffer
+            st = step % STAGES
+            for kk in tt.static_range(0, BK, 16):
+                for i in tt.static_range(FM):  # a tile's first step replaces the accumulators
+                    tt.wgmma(acc[i], xs, (st * BM + wm0 + i * 64, kk), ws, (st * BN + wn0, kk),
+                             kk > 0 or step > j)
+            tt.wgmma_commit()
+            if step + STAGES - 2 < total:
+                load_next(x, w, xs, ws, cur, (step + STAGES - 2) % STAGES, steps, s0, steps_k,
+                          groups, tiles_m, tiles_n, M, N, K, tid, BM, BN, BK, THREADS, GROUP_M)
+            tt.async_commit()
+            tt.wgmma_wait(1)  # step - 1's products are done: its buffer may be refilled next step
+        tt.wgmma_wait(0)
+        t = (pid + j // steps * groups) // splits
+        m0 = tile_row0(t, tiles_m, tiles_n, BM, GROUP_M)
+        n0 = tile_col0(t, tiles_m, tiles_n, BN, GROUP_M)
+        for i in tt.static_range(FM):
+            store_wg_tile(acc[i], m0 + wm0 + i * 64, n0 + wn0, bias, residual, y, M, N, ks == 0,
+                          HAS_BIAS, HAS_RESIDUAL, SPLIT)
+
+
+@tt.func
+def store_wg_tile(acc, row0, col0, bias, residual, y, M, N, first, HAS_BIAS: tt.constexpr,
+                  HAS_RESIDUAL: tt.constexpr, SPLIT: tt.constexpr):
+    """Store a warpgroup accumulator at (row0, col0) of y (see store_at)."""
+    if len(acc) <= 128:  # registers (tensor cores): unrolled, constant indices
+        for e in tt.static_range(len(acc)):
+            r, c = tt.wgmma_coord(e)
+            store_at(acc[e], row0 + r, col0 + c, bias, residual, y, M, N, first, HAS_BIAS,
+                     HAS_RESIDUAL, SPLIT)
+    else:  # the long per-lane shares of the portable lowering: a loop
+        for e in range(len(acc)):
+            r, c = tt.wgmma_coord(e)
+            store_at(acc[e], row0 + r, col0 + c, bias, residual, y, M, N, first, HAS_BIAS,
+                     HAS_RESIDUAL, SPLIT)
+
+
 def split_count(cfg: GemmConfig, tiles: int, steps: int, units: int) -> int:
     """Workgroups per tile along K: the configured count, or (0) as many as keep all tiles within
     cfg.waves workgroups per multiprocessor (no partial last wave), each over at least
@@ -273,7 +469,7 @@ def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
         split_kernel[-(-m * k // 256), 256](x, split, m * k, w.dtype, parts)
         x = split
     cfg = config or default_config(dev, m)
-    xp = parts if cfg.fuse_parts else 1
+    xp = parts if cfg.fuse_parts and not cfg.wgmma else 1
     tiles = -(-m // cfg.bm) * -(-n // cfg.bn)
     splits = 1
     if out.dtype == tt.f32:
@@ -281,17 +477,27 @@ def gemm(x: Tensor, w: Tensor, out: Tensor, bias: Tensor | None = None,
     if splits > 1:
         init_kernel[-(-m * n // 256), 256](out, residual if residual is not None else out, m * n,
                                            residual is not None)
-    gemm_mma_kernel[tiles * splits, cfg.threads(dev.caps.subgroup_size)](
-        x, w, bias if bias is not None else out, residual if residual is not None else out, out,
-        m, n, k, splits, w.dtype, parts, xp, cfg.bm, cfg.bn, cfg.bk, cfg.wm, cfg.wn, cfg.stages,
-        cfg.group_m, bias is not None, residual is not None, splits > 1)
+    args = (x, w, bias if bias is not None else out, residual if residual is not None else out, out,
+            m, n, k, splits, w.dtype, parts)
+    tail = (cfg.bm, cfg.bn, cfg.bk, cfg.wm, cfg.wn, cfg.stages, cfg.group_m, bias is not None,
+            residual is not None, splits > 1)
+    groups = tiles * splits
+    if cfg.wgmma and cfg.persistent and splits == 1:
+        groups = min(tiles, getattr(dev, "sm_count", 1))
+    launch = (groups, cfg.threads(dev.caps.subgroup_size))
+    if cfg.wgmma:
+        gemm_wgmma_kernel[launch](*args, *tail)
+    else:
+        gemm_mma_kernel[launch](*args, xp, *tail)
     return out
 
 
 def default_config(dev, m: int | None = None) -> GemmConfig:
     """The tile shape for a device (tensor cores or the portable lowering) and M rows."""
-    from tattletale.codegen import native_mma
+    from tattletale.codegen import native_mma, native_wgmma
 
     if not native_mma(dev.caps.target, dev.caps):
         return PORTABLE_CONFIG
-    return CUDA_SMALL_M_CONFIG if m is not None and m <= SMALL_M else CUDA_CONFIG
+    if m is not None and m <= SMALL_M:
+        return CUDA_SMALL_M_CONFIG
+    return CUDA_WGMMA_CONFIG if native_wgmma(dev.caps.target, dev.caps) else CUDA_CONFIG
