@@ -2,7 +2,9 @@
 configurations in tattletale/kernels/gemm.py.
 
 Part 1: y = x @ W.T at 4096³ for each tile shape, x and W f16 or bf16, y in their type (as torch
-returns it); the relative error against an f32 product is checked for every shape.
+returns it); the relative error against an f32 product is checked for every shape. The warpgroup
+kernel's shapes (wgmma, Hopper) are swept where the device has it, the mma.sync kernel's with
+--tiles mma or all.
 Part 2: small M (batched decode), f32 activations and bf16 weights at N = K = 4096: small tile shapes
 × split-K counts, to set CUDA_SMALL_M_CONFIG and the split heuristic.
 Part 3: the model's path, linear() with f32 activations (split into 16-bit parts) and bf16 weights,
@@ -10,7 +12,7 @@ for the decode shapes (4096², gate|up 28672×4096, down 4096×14336) at M = 1 �
 through the tensor cores and through the GEMV (M ≤ 16), next to torch's bf16 product: sets
 MMA_MIN_ROWS and MAX_GEMV_ROWS in tattletale/kernels/matmul.py.
 
-    python benchmarks/tune_gemm.py [--quick] [--small-only]
+    python benchmarks/tune_gemm.py [--quick] [--small-only] [--sweep-only] [--tiles mma|wgmma|all]
 """
 
 from __future__ import annotations
@@ -22,13 +24,26 @@ from bench_kernels import torch_ms
 from common import device_ms, header, torch_cuda
 
 import tattletale as tt
-from tattletale.kernels.gemm import CUDA_CONFIG, CUDA_SMALL_M_CONFIG, SMALL_M, GemmConfig, gemm
+from tattletale.codegen import native_wgmma
+from tattletale.kernels.gemm import (
+    CUDA_CONFIG,
+    CUDA_SMALL_M_CONFIG,
+    SMALL_M,
+    GemmConfig,
+    default_config,
+    gemm,
+)
 from tattletale.kernels.matmul import linear
 from tattletale.kernels.quant import Weight
 
 CONFIGS = [GemmConfig(*c) for c in [
     (128, 128, 32, 2, 2, 4), (128, 128, 64, 2, 2, 3), (128, 256, 32, 2, 4, 3), (128, 256, 32, 2, 4, 4),
     (128, 256, 64, 2, 4, 3), (256, 128, 32, 4, 2, 3), (128, 128, 32, 2, 4, 4), (128, 128, 32, 4, 2, 4)]]
+# warpgroup tiles: BM × BN × 64 (128-byte swizzled rows), WM × WN warpgroups, stages
+WGMMA_CONFIGS = [GemmConfig(*c, wgmma=True) for c in [
+    (128, 256, 64, 2, 1, 4), (128, 256, 64, 2, 1, 3), (256, 128, 64, 2, 1, 4), (256, 128, 64, 4, 1, 4),
+    (128, 128, 64, 2, 1, 4), (128, 128, 64, 2, 1, 6)]] + [
+    GemmConfig(128, 256, 64, 2, 1, 4, wgmma=True, persistent=True)]
 SMALL_TILES = [(16, 64, 64, 1, 2, 4), (16, 128, 64, 1, 4, 4), (32, 64, 64, 1, 2, 4), (32, 128, 64, 1, 4, 3),
                (64, 64, 64, 2, 2, 4)]
 SPLITS = [1, 2, 4, 8, 16, 0]
@@ -64,9 +79,13 @@ def sweep(dev, torch, size: int, configs: list[GemmConfig]) -> None:
             ms = device_ms(dev, lambda: gemm(x, w, out, config=cfg), reps=20)
             got = out.numpy()
             got = tt.from_bf16_bits(got) if dt == tt.bf16 else got.astype(np.float32)
-            print(f"| {dt} | {cfg.bm}×{cfg.bn}×{cfg.bk}, {cfg.wm}×{cfg.wn}, {cfg.stages} | "
+            kind = (" warpgroups" if cfg.wgmma else "") + (", persistent" if cfg.persistent else "")
+            print(f"| {dt} | {cfg.bm}×{cfg.bn}×{cfg.bk}, {cfg.wm}×{cfg.wn}{kind}, {cfg.stages} | "
                   f"{cfg.shared_bytes() // 1024} KB | {ms:.3f} ms | {flops / ms / 1e9:.0f} | "
                   f"{flops / tms / 1e9:.0f} | {tms / ms:.3f} | {rel_err(got, ref):.1e} |", flush=True)
+        tms = torch_ms(torch, lambda: a @ b.T)  # cuBLAS again, after: the clocks may have moved
+        print(f"| {dt} | torch.matmul after the sweep | | {tms:.3f} ms | {flops / tms / 1e9:.0f} | | | |",
+              flush=True)
 
 
 def small_m(dev, torch, ms_list: list[int]) -> None:
@@ -124,6 +143,10 @@ def model_path(dev, torch, ms_list: list[int]) -> None:
                     other = CUDA_CONFIG if m <= SMALL_M else CUDA_SMALL_M_CONFIG
                     ms_other = device_ms(dev, lambda: gemm(x, w.data, mma_out, config=other))
                     mma += f" ({other.bm}×{other.bn}: {ms_other * 1e3:.1f} µs)"
+            elif default_config(dev, m).wgmma:  # linear() took the warpgroups: mma.sync next to it
+                mma_out = dev.empty((m, n), tt.f32)
+                ms_other = device_ms(dev, lambda: gemm(x, w.data, mma_out, config=CUDA_CONFIG))
+                mma = f"mma.sync {CUDA_CONFIG.bm}×{CUDA_CONFIG.bn}: {ms_other * 1e3:.1f} µs"
             if m <= 16:
                 gemv_out = dev.empty((m, n), tt.f32)
                 gemv = f"{device_ms(dev, lambda: _gemv(x, w, gemv_out)) * 1e3:.1f} µs"
@@ -149,6 +172,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="the default tiles only")
     ap.add_argument("--small-only", action="store_true", help="parts 2 and 3 alone")
+    ap.add_argument("--sweep-only", action="store_true", help="part 1 alone")
+    ap.add_argument("--model-ms", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 1024],
+                    help="part 3's row counts")
+    ap.add_argument("--tiles", choices=["mma", "wgmma", "all"], help="part 1's kernels (default: "
+                    "wgmma where the device has it, with the mma.sync default next to it)")
     args = ap.parse_args()
     torch = torch_cuda()
     if torch is None:
@@ -156,12 +184,17 @@ def main() -> None:
     dev = tt.device("cuda")
     print(header(f"tensor-core GEMM sweep, {dev.name}, torch {torch.__version__}"))
     if not args.small_only:
-        sweep(dev, torch, 4096, [CUDA_CONFIG] if args.quick else CONFIGS)
+        tiles = args.tiles or ("wgmma" if native_wgmma("cuda", dev.caps) else "mma")
+        mma = CONFIGS if tiles in ("mma", "all") else [CUDA_CONFIG]
+        wgmma = WGMMA_CONFIGS if tiles in ("wgmma", "all") and native_wgmma("cuda", dev.caps) else []
+        sweep(dev, torch, 4096, [default_config(dev, 4096)] if args.quick else wgmma + mma)
+    if args.sweep_only:
+        return
     if not args.quick:
         small_m(dev, torch, [16, 32, 64])
     else:
         print(f"\nsmall-M default: {CUDA_SMALL_M_CONFIG}")
-    model_path(dev, torch, [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
+    model_path(dev, torch, args.model_ms)
 
 
 if __name__ == "__main__":
