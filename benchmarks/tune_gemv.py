@@ -8,7 +8,10 @@ as stored. `--check` first compares every setting it will time with a float64 re
 random data (outputs poisoned with NaN). `--baseline FILE` times, next to ours, the `linear(x, w,
 out, rows=None)` of a Python file (e.g. an earlier revision's GEMV) at the same shapes.
 
-    python benchmarks/tune_gemv.py [--check] [--sweep] [--rows] [--baseline FILE] [--json PATH]
+`--xs` times x staged in shared memory (gemv_kernel's XS, chunks padded by 1 or 4 floats;
+blocks of 64 and 128 threads) against XS = 0 at M = 1 and 4, after checking each setting.
+
+    python benchmarks/tune_gemv.py [--check] [--sweep] [--rows] [--xs] [--baseline FILE] [--json PATH]
 """
 
 from __future__ import annotations
@@ -126,6 +129,58 @@ def check(dev, rng, fmt_settings: dict[str, list[dict]]) -> float:
     return worst
 
 
+XS_SETTINGS = {"xs0": dict(xs=0), "xs1": dict(xs=1), "xs4": dict(xs=4),
+               "xs1/B128": dict(xs=1, block=128), "xs0/B128": dict(xs=0, block=128)}
+
+
+def xs_sweep(dev, rng, fmts, copy_bw, res: dict) -> None:
+    """XS_SETTINGS at the GEMV shapes, M = 1 and 4: checked against float64 at small N, then timed
+    (µs per launch and % of copy bandwidth)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from test_kernels import reference_weight, rel_err
+
+    calls, cases = [], []
+    for _, k in GEMV_SHAPES:
+        for f in fmts:
+            w = (rng.standard_normal((37, k)) / math.sqrt(k)).astype(np.float32)
+            weight = Weight.from_array(dev, w, f)
+            for m in (1, 3, 4):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                ref = x.astype(np.float64) @ reference_weight(w, f).T
+                for s in XS_SETTINGS.values():
+                    cases.append((dev.tensor(x), weight, ref, s, m))
+                    calls.append(lambda c=cases[-1]: linear(c[0], c[1], out=dev.empty((c[4], 37), tt.f32),
+                                                            **c[3]))
+    precompile(dev, calls)
+    worst = 0.0
+    for x, weight, ref, s, m in cases:
+        out = dev.full((m, 37), float("nan"), tt.f32)
+        linear(x, weight, out=out, **s)
+        err = rel_err(out.numpy(), ref)
+        if not err < 1e-5:
+            print(f"FAIL {weight.fmt} {weight.shape} m={m} {s}: {err}", flush=True)
+        worst = max(worst, err if err == err else math.inf)
+    print(f"xs check: largest relative error {worst:.2e}", flush=True)
+    res["check_max_rel_err"] = worst
+    print("| shape | format | M | " + " | ".join(XS_SETTINGS) + " |")
+    print("|---|---|---|" + "---|" * len(XS_SETTINGS))
+    for n, k in GEMV_SHAPES:
+        for f in fmts:
+            ws = rotated(dev, random_weight(dev, n, k, f, rng))
+            nb = ws[0].nbytes
+            for m in (1, 4):
+                x = dev.tensor(rng.standard_normal((m, k), dtype=np.float32))
+                out = dev.empty((m, n), tt.f32)
+                cells = {}
+                for name, s in XS_SETTINGS.items():
+                    ms = stream_ms(dev, lambda w, s=s: linear(x, w, out=out, **s), ws)
+                    cells[name] = (ms * 1e3, nb / ms / 1e6 / copy_bw)
+                res[f"{n}x{k}/{f}/m{m}"] = cells
+                print(f"| {n}×{k} | {f} | {m} | " +
+                      " | ".join(f"{us:.1f} {fr:.0%}" for us, fr in cells.values()) + " |", flush=True)
+            del ws
+
+
 def load_baseline(path: str):
     spec = importlib.util.spec_from_file_location("gemv_baseline", path)
     mod = importlib.util.module_from_spec(spec)
@@ -138,6 +193,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--rows", action="store_true", help="M = 1, 2, 4 with the defaults")
+    ap.add_argument("--xs", action="store_true", help="x staged in shared memory, M = 1 and 4")
     ap.add_argument("--fmts", nargs="*", default=list(FMTS))
     ap.add_argument("--baseline")
     ap.add_argument("--json")
@@ -251,6 +307,8 @@ def main() -> None:
                     rows_res[f"{n}x{k}/{f}/m{m}"] = rec
                     print(f"| {n}×{k} | {f} | {m} | {' | '.join(cells)} |", flush=True)
                 del ws
+    if args.xs:
+        xs_sweep(dev, rng, args.fmts, copy_bw, results.setdefault("xs", {}))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -28,6 +28,11 @@ GEMV_BLOCK = 64  # threads per workgroup of gemv_kernel (at least one lane group
 GEMV_DEC_CUDA_Q4 = "f16"  # decoders of the block formats on CUDA (q4_scaled, gemv_decoder)
 GEMV_DEC_CUDA_Q8 = "int"
 GEMV_PIPE_QUANT = True  # the block formats load each step's weights a step ahead (gemv_pipe)
+# x staged in shared memory (gemv_kernel's XS, padding floats per chunk) on CUDA, per (format, M
+# specialization) where it measured faster (H200, tune_gemv.py --xs, 2026-11-22); gemv_xs.
+GEMV_XS = {("q4_1", 1): 1, ("q4_1", 4): 1, ("q8_0", 1): 1, ("q8_0", 4): 1,
+           ("bf16", 1): 4, ("f16", 1): 4}
+GEMV_XS_BYTES = 48 * 1024  # the most shared memory a step's staged x may take
 GEMM_TILE = 64  # BM = BN; 16×16 threads, each computing a 4×4 block of outputs
 GEMM_BK = 32  # one quantization block of K per step
 # From M = 5 on, 16-bit weights go to the matrix units where the device has them: the split-K GEMM
@@ -105,13 +110,47 @@ def gemv_step(x, w, scales, mins, acc, wrow, c0, K, rows_m, M, FMT, LANES, U, RO
     dq = tt.array((U, ROWS), tt.f32)
     mq = tt.array((U, ROWS), tt.f32)
     gemv_load(w, scales, mins, wq, dq, mq, wrow, c0, FMT, LANES, U, ROWS)
-    gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, U, ROWS, DEC)
+    gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, U, ROWS, DEC, 0, 0)
 
 
 @tt.func
-def gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, U, ROWS, DEC):
+def gemv_stage_step(x, xs, w, scales, mins, acc, wrow, cb, lane, tid, K, rows_m, M, FMT, LANES, U,
+                    ROWS, DEC, BLOCK, XS):
+    """gemv_step with x staged in shared memory: the step's weight loads, then gemv_stage."""
+    LOADS = 2 if FMT == "q8_0" else 1
+    CH = 4 if FMT == "f32" else (8 if FMT == "f16" or FMT == "bf16" else 32)
+    wq = tt.array((U, ROWS, 4 * LOADS), tt.u32)
+    dq = tt.array((U, ROWS), tt.f32)
+    mq = tt.array((U, ROWS), tt.f32)
+    gemv_load(w, scales, mins, wq, dq, mq, wrow, cb + lane, FMT, LANES, U, ROWS)
+    gemv_stage(x, xs, cb, K, rows_m, tid, M, CH, LANES * U, BLOCK, XS)
+    gemv_compute(xs, wq, dq, mq, acc, cb + lane, K, rows_m, M, FMT, LANES, U, ROWS, DEC, XS, lane)
+
+
+@tt.func
+def gemv_stage(x, xs, cb, K, rows_m, tid, M, CH, STEP, BLOCK, XS):
+    """Copy chunks cb … cb + STEP - 1 of every x row into shared memory, 16-byte loads by the
+    whole workgroup (neighbouring threads, neighbouring addresses); each chunk padded by XS
+    floats against bank conflicts when lanes read their chunks. Barriers on both sides."""
+    NV = STEP * CH // 4  # 4-float vectors per row
+    XW = STEP * (CH + XS)
+    tt.barrier()
+    for m in tt.static_range(M):
+        for t in tt.static_range((NV + BLOCK - 1) // BLOCK):
+            vi = t * BLOCK + tid
+            if NV % BLOCK == 0 or vi < NV:
+                v = tt.vload(x, (min(m, rows_m - 1) * K + cb * CH) // 4 + vi, 4)
+                o = m * XW + (vi // (CH // 4)) * (CH + XS) + (vi % (CH // 4)) * 4
+                for i in tt.static_range(4):
+                    xs[o + i] = v[i]
+    tt.barrier()
+
+
+@tt.func
+def gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, U, ROWS, DEC, XS, xl):
     """Decode the loaded chunks and add their products with x into acc[m, r]: each chunk of x is
-    loaded once for all rows (and, for Q4, summed once for the block offsets)."""
+    loaded once for all rows (and, for Q4, summed once for the block offsets). With XS, x is the
+    shared copy of gemv_stage and the lane's first chunk is its local chunk xl."""
     Q4 = FMT == "q4_0" or FMT == "q4_1"
     CH = 4 if FMT == "f32" else (8 if FMT == "f16" or FMT == "bf16" else 32)  # elements/chunk
     NP = 5 if DEC == "magic" and FMT != "q8_0" else 1  # partial sums per block (q4_pos)
@@ -122,10 +161,15 @@ def gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, U, ROWS, DEC)
     for u in tt.static_range(U):
         c = c0 + u * LANES
         for m in tt.static_range(M):
-            for j in tt.static_range(CH // 4):
-                v = tt.vload(x, (min(m, rows_m - 1) * K + c * CH) // 4 + j, 4)
-                for i in tt.static_range(4):
-                    xa[m, 4 * j + i] = v[i]
+            if XS:
+                o = m * (LANES * U * (CH + XS)) + (xl + u * LANES) * (CH + XS)
+                for j in tt.static_range(CH):
+                    xa[m, j] = x[o + j]
+            else:
+                for j in tt.static_range(CH // 4):
+                    v = tt.vload(x, (min(m, rows_m - 1) * K + c * CH) // 4 + j, 4)
+                    for i in tt.static_range(4):
+                        xa[m, 4 * j + i] = v[i]
             if Q4:
                 sx[m] = 0.0
                 for j in tt.static_range(CH):
@@ -181,7 +225,7 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer[tt.u32], scales: tt.Buffer, m
                 rows_m: tt.i32, M: tt.constexpr, FMT: tt.constexpr, BLOCK: tt.constexpr,
                 LANES: tt.constexpr, UNROLL: tt.constexpr, ROWS: tt.constexpr,
                 HAS_BIAS: tt.constexpr, HAS_RESIDUAL: tt.constexpr, DEC: tt.constexpr,
-                PIPE: tt.constexpr):
+                PIPE: tt.constexpr, XS: tt.constexpr):
     """LANES consecutive threads share ROWS consecutive output features: lane j takes chunks j,
     j+LANES, … of K, so neighbouring threads read neighbouring memory (coalesced on GPUs,
     vectorized across work-items by CPU OpenCL). W arrives as u32 words whatever its format.
@@ -193,7 +237,10 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer[tt.u32], scales: tt.Buffer, m
     memory otherwise. M is rows_m rounded up to a power of two (fewer specializations); the
     extra rows re-read x's last row and are not stored. DEC picks the decoder of the block
     formats (q4_scaled); with PIPE each step's weights are loaded while the step before computes
-    (register double buffering)."""
+    (register double buffering). With XS > 0 each unrolled step's x (all M rows) is first staged
+    in shared memory by the whole workgroup, coalesced (gemv_stage, chunks padded by XS floats),
+    and lanes read their chunks from there; the loop then runs over workgroup-uniform bounds
+    (the barriers), and the remainder chunks read x directly."""
     SG = tt.subgroup_size()
     tid = tt.local_id(0)
     lane = tid % LANES
@@ -209,6 +256,7 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer[tt.u32], scales: tt.Buffer, m
         wrow[r] = min(n0 + r, N - 1) * NC
     STEP = LANES * UNROLL
     full = NC - NC % STEP
+    xs = tt.shared((M * STEP * (CH + XS) if XS else 1,), tt.f32)
     if PIPE:  # the next step's weights load while this step computes
         LOADS = 2 if FMT == "q8_0" else 1
         wq = tt.array((UNROLL, ROWS, 4 * LOADS), tt.u32)
@@ -219,16 +267,27 @@ def gemv_kernel(x: tt.Buffer[tt.f32], w: tt.Buffer[tt.u32], scales: tt.Buffer, m
         mn = tt.array((UNROLL, ROWS), tt.f32)
         if lane < full:
             gemv_load(w, scales, mins, wq, dq, mq, wrow, lane, FMT, LANES, UNROLL, ROWS)
-        for c0 in range(lane, full, STEP):
-            if c0 + STEP < full:
+        for cb in range(0, full, STEP):
+            c0 = cb + lane
+            if cb + STEP < full:
                 gemv_load(w, scales, mins, wn, dn, mn, wrow, c0 + STEP, FMT, LANES, UNROLL, ROWS)
-            gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, UNROLL, ROWS, DEC)
+            if XS:
+                gemv_stage(x, xs, cb, K, rows_m, tid, M, CH, STEP, BLOCK, XS)
+                gemv_compute(xs, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, UNROLL, ROWS, DEC,
+                             XS, lane)
+            else:
+                gemv_compute(x, wq, dq, mq, acc, c0, K, rows_m, M, FMT, LANES, UNROLL, ROWS, DEC,
+                             0, 0)
             for u in tt.static_range(UNROLL):
                 for r in tt.static_range(ROWS):
                     for i in tt.static_range(4 * LOADS):
                         wq[u, r, i] = wn[u, r, i]
                     dq[u, r] = dn[u, r]
                     mq[u, r] = mn[u, r]
+    elif XS:
+        for cb in range(0, full, STEP):
+            gemv_stage_step(x, xs, w, scales, mins, acc, wrow, cb, lane, tid, K, rows_m, M, FMT,
+                            LANES, UNROLL, ROWS, DEC, BLOCK, XS)
     else:
         for c0 in range(lane, full, STEP):
             gemv_step(x, w, scales, mins, acc, wrow, c0, K, rows_m, M, FMT, LANES, UNROLL, ROWS, DEC)
@@ -376,14 +435,32 @@ def gemv_pipe(fmt: str) -> bool:
     return GEMV_PIPE_QUANT and fmt in ("q8_0", "q4_0", "q4_1")
 
 
+def gemv_xs(caps, fmt: str, m: int, lanes: int, unroll: int, xs: int | None) -> int:
+    """gemv_kernel's XS (x staged in shared memory, chunks padded by XS floats; 0: off): the
+    setting asked for, else GEMV_XS on CUDA (16-bit weights only with whole-subgroup lane groups:
+    f16 at 49152×576 was 3 % slower); 0 where M rows of a step's x would not fit in GEMV_XS_BYTES.
+    H200, µs before → after: Q4_1 27.4 → 24.3, 27.2 → 26.3, 29.0 → 27.3 at M = 1 (14336×4096,
+    4096×14336, 49152×576) and 88 → 50, 81 → 45, 34 → 29 at M = 4; Q8_0 31.9 → 26.6, 27.9 → 25.0,
+    29.1 → 29.0 and 91 → 47, 79 → 42, 37 → 28; bf16/f16 at M = 1 33.1 → 30.6 / 34.6 → 30.7 and
+    33.6 → 31.4 / 35.8 → 31.5 (85-92 % of copy); 16-bit at M = 4 1.05-1.7x slower (off)."""
+    ch = 4 if fmt == "f32" else (8 if fmt in ("f16", "bf16") else 32)
+    if xs is None:
+        xs = GEMV_XS.get((fmt, m), 0) if caps.target == "cuda" else 0
+        if ch == 8 and lanes < caps.subgroup_size:
+            xs = 0
+    if xs and m * lanes * unroll * (ch + xs) * 4 > GEMV_XS_BYTES:
+        return 0
+    return xs
+
+
 def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | None = None,
            out: Tensor | None = None, rows: int | None = None, unroll: int | None = None,
            lanes: int | None = None, block: int | None = None, dec: str | None = None,
-           pipe: bool | None = None) -> Tensor:
+           pipe: bool | None = None, xs: int | None = None) -> Tensor:
     """x [M, K] f32 → [M, N] f32: x @ W.T (+ bias[N]) (+ residual[M, N]; may be `out` itself).
 
     CPU OpenCL takes the kernels of matmul_cpu where they apply (unless a GEMV setting — rows,
-    unroll, lanes, block, dec, pipe: see gemv_kernel — asks for gemv_kernel). Otherwise up to
+    unroll, lanes, block, dec, pipe, xs: see gemv_kernel — asks for gemv_kernel). Otherwise up to
     MAX_GEMV_ROWS rows run the memory-bound GEMV kernel; more run a GEMM: for f16/bf16 weights
     from MMA_MIN_ROWS rows on, on devices with matrix units, gemm.gemm (tensor cores; x of any
     float type, f32 accuracy); otherwise the SIMT kernel below (any format, decoded while
@@ -403,7 +480,7 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
     caps = x.device.caps
     if w.fmt in ("f16", "bf16") and m >= MMA_MIN_ROWS and native_mma(caps.target, caps):
         return gemm(x, w.data, out, bias, residual)
-    tuned = (rows, unroll, lanes, block, dec, pipe) != (None,) * 6
+    tuned = (rows, unroll, lanes, block, dec, pipe, xs) != (None,) * 7
     if cpu_simd(x.device) and not tuned and cpu_linear(x, w, bias, residual, out):
         return out
     if m > MAX_GEMV_ROWS:
@@ -423,9 +500,10 @@ def linear(x: Tensor, w: Weight, bias: Tensor | None = None, residual: Tensor | 
         mt = min(MAX_GEMV_ROWS, m - m0)
         m_spec = 1 << (mt - 1).bit_length()  # 1, 2, 4, 8 or 16
         r = rows or gemv_rows(n, m_spec, lanes, w.fmt)
+        x_s = gemv_xs(caps, w.fmt, m_spec, lanes, unroll, xs)
         ys = out.view(m0 * n, (mt, n))
         rs = residual.view(m0 * n, (mt, n)) if residual is not None else ys
         gemv_kernel[-(-n // (block // lanes * r)), block](
             x.view(m0 * k, (mt, k)), data, scales, mins, bias_arg, rs, ys, n, k, mt, m_spec, w.fmt,
-            block, lanes, unroll, r, bias is not None, residual is not None, dec, pipe)
+            block, lanes, unroll, r, bias is not None, residual is not None, dec, pipe, x_s)
     return out
