@@ -196,14 +196,17 @@ def test_linear_llama8b_shape(dev, rng, fmt):
 
 GEMV_SETTINGS = [dict(lanes=4, unroll=4, rows=3, pipe=True, dec="magic"),
                  dict(unroll=1, rows=1, pipe=False, dec="int"),
-                 dict(lanes=8, unroll=2, rows=4, pipe=True, dec="f16")]
+                 dict(lanes=8, unroll=2, rows=4, pipe=True, dec="f16"),
+                 dict(unroll=2, rows=2, pipe=True, dec="magic", xs=1),  # x staged in shared memory
+                 dict(lanes=8, unroll=1, rows=1, pipe=False, dec="int", xs=4)]
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "q4_1", "q8_0", "q4_0"])
 @pytest.mark.parametrize("setting", range(len(GEMV_SETTINGS)))
 def test_gemv_settings(dev, rng, fmt, setting):
     """gemv_kernel under its tuning knobs (lane groups smaller than a subgroup, unrolled steps
-    with a remainder, rows past N, the three block decoders, double buffering), 3 rows of x;
+    with a remainder, rows past N, the three block decoders, double buffering, x staged in shared
+    memory with either padding), 3 rows of x;
     K = 1568 leaves a remainder after the unrolled steps for every lane count."""
     n, k, m = 37, 1568, 3
     w = (rng.standard_normal((n, k)) / math.sqrt(k)).astype(np.float32)
