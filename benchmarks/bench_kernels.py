@@ -81,27 +81,30 @@ def stream_ms(dev, fn, items: list, launches: int = 40, reps: int = 5) -> float:
 
 def torch_stream_ms(torch, fn, items: list, launches: int = 40, reps: int = 5) -> float:
     """stream_ms for torch on its current stream."""
+
+    def batch_ms() -> float:
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for i in range(launches):
+            fn(items[i % len(items)])
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e)
+
     warm = 0.0
     for _ in range(50):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for i in range(launches):
-            fn(items[i % len(items)])
-        e.record()
-        e.synchronize()
-        warm += s.elapsed_time(e)
+        warm += batch_ms()
         if warm > 20:
             break
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for i in range(launches):
-            fn(items[i % len(items)])
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / launches)
-    return float(np.median(times))
+    return float(np.median([batch_ms() / launches for _ in range(reps)]))
+
+
+def torch_gemv_ms(torch, n: int, k: int, fmt: str, copies: int) -> float:
+    """torch's x @ W.T for one f16/bf16 row over `copies` rotated N×K weights, per launch (ms)."""
+    dt = torch.float16 if fmt == "f16" else torch.bfloat16
+    tws = [torch.randn(n, k, device="cuda", dtype=dt) for _ in range(copies)]
+    tx = torch.randn(1, k, device="cuda", dtype=dt)
+    return torch_stream_ms(torch, lambda tw: tx @ tw.T, tws)
 
 
 def random_weight(dev, n: int, k: int, fmt: str, rng) -> Weight:
@@ -133,12 +136,8 @@ def bench_gemv(dev, rng, quick: bool) -> list[str]:
         bw = ws[0].nbytes / ms / 1e6
         peer = ""
         if torch is not None and fmt in ("f16", "bf16"):
-            dt = torch.float16 if fmt == "f16" else torch.bfloat16
-            tws = [torch.randn(n, k, device="cuda", dtype=dt) for _ in ws]
-            tx = torch.randn(1, k, device="cuda", dtype=dt)
-            tms = torch_stream_ms(torch, lambda tw: tx @ tw.T, tws)
+            tms = torch_gemv_ms(torch, n, k, fmt, len(ws))
             peer = f"torch {ws[0].nbytes / tms / 1e6:.0f} GB/s ({ws[0].nbytes / tms / 1e6 / copy_bw:.0%})"
-            del tws
         elif dev.backend != "cuda" and fmt == "f32":
             wn = rng.standard_normal((n, k), dtype=np.float32)
             xn = rng.standard_normal(k, dtype=np.float32)

@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from bench_kernels import GEMV_SHAPES, copy_bandwidth, random_weight, rotated, stream_ms, torch_stream_ms
+from bench_kernels import GEMV_SHAPES, copy_bandwidth, random_weight, rotated, stream_ms, torch_gemv_ms
 from common import header, torch_cuda
 
 import tattletale as tt
@@ -259,13 +259,9 @@ def main() -> None:
                     b = f"{b_us:.1f} µs {b_frac:.0%}"
                 p = ""
                 if torch is not None and f in ("f16", "bf16"):
-                    dt = torch.float16 if f == "f16" else torch.bfloat16
-                    tws = [torch.randn(n, k, device="cuda", dtype=dt) for _ in ws]
-                    tx = torch.randn(1, k, device="cuda", dtype=dt)
-                    tms = torch_stream_ms(torch, lambda tw: tx @ tw.T, tws)
+                    tms = torch_gemv_ms(torch, n, k, f, len(ws))
                     cells["torch"] = (tms * 1e3, nb / tms / 1e6 / copy_bw)
                     p = f"{tms * 1e3:.1f} µs {nb / tms / 1e6 / copy_bw:.0%}"
-                    del tws
                 sweep[f"{n}x{k}/{f}"] = cells
                 shown = ", ".join(f"{kk} {v[0]:.1f} {v[1]:.0%}" for kk, v in best[:4])
                 print(f"| {n}×{k} | {f} | {d_us:.1f} µs {d_frac:.0%} | {shown} | {b} | {p} |",
